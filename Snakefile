@@ -1,0 +1,21 @@
+# segdiff: segmentation-guided diffusion for CT and MRI.
+#   snakemake --cores all                      the whole study on the embedded phantom
+#   snakemake --cores all --config views=[coronal] --forcerun slice_case   re-slice one view
+# See docs/architecture.md for stages and file contracts.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,33 @@
+"""One exception vocabulary for bad input: every message names the file (or key) and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SegdiffError(Exception):
+    """Base class of all errors raised for bad user input."""
+
+
+class InputError(SegdiffError):
+    """A data file (volume, label map, case sheet, checkpoint) is unusable.
+
+    The message is one line: ``<path>: <problem>``.
+    """
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(SegdiffError):
+    """A configuration key is missing, unknown or of the wrong type/value.
+
+    The message is one line: ``config key '<dotted.key>': <problem>``.
+    """
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config key '{key}': {problem}")

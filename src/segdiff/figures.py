@@ -1,0 +1,74 @@
+"""Figures of the study (matplotlib, Agg backend), each written atomically as PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from segdiff.atomic import atomic_path  # noqa: E402
+from segdiff.labels import LabelMap  # noqa: E402
+from segdiff.shards import read_shard  # noqa: E402
+
+__all__ = ["label_colormap", "show_overlay", "slice_preview_figure"]
+
+
+def label_colormap(labels: LabelMap) -> ListedColormap:
+    """A qualitative colour per label id (index = id); id 0 is transparent."""
+    base = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    colours = np.zeros((labels.max_id + 1, 4))
+    for i in range(1, labels.max_id + 1):
+        colours[i] = base[(i - 1) % 20]
+    return ListedColormap(colours)
+
+
+def show_overlay(ax, image: np.ndarray, mask: np.ndarray | None, labels: LabelMap, alpha: float = 0.45) -> None:
+    """Gray image with the label mask on top (background transparent)."""
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if mask is not None:
+        ax.imshow(np.ma.masked_equal(mask, 0), cmap=label_colormap(labels), vmin=0, vmax=labels.max_id,
+                  alpha=alpha, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _preview_slice(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """The slice with most foreground of the first test case (else any case) that has slices."""
+    ranked = manifest[manifest["n_slices"] > 0].sort_values("split", key=lambda s: s != "test", kind="stable")
+    if ranked.empty:
+        return None
+    row = ranked.iloc[0]
+    shard = read_shard(row["shard"])
+    i = int(np.argmax(np.count_nonzero(shard.mask.reshape(len(shard.mask), -1), axis=1)))
+    return shard.image[i], shard.mask[i], f"{row['case']} [{int(shard.slice[i])}]"
+
+
+def slice_preview_figure(manifests: Sequence[str | Path], out: str | Path, labels: LabelMap) -> None:
+    """Grid of image + mask overlays: one row per modality, one column per view."""
+    tables = [pd.read_csv(m, sep="\t") for m in manifests]
+    modalities = sorted({t["modality"].iloc[0] for t in tables if len(t)})
+    views = list(dict.fromkeys(t["view"].iloc[0] for t in tables if len(t)))
+    fig, axes = plt.subplots(len(modalities), len(views), figsize=(2.6 * len(views), 2.8 * len(modalities)), squeeze=False)
+    for table in tables:
+        if table.empty:
+            continue
+        ax = axes[modalities.index(table["modality"].iloc[0])][views.index(table["view"].iloc[0])]
+        picked = _preview_slice(table)
+        if picked is None:
+            ax.set_axis_off()
+            ax.set_title(f"{table['modality'].iloc[0].upper()} {table['view'].iloc[0]}: no slice", fontsize=8)
+            continue
+        image, mask, name = picked
+        show_overlay(ax, image, mask, labels)
+        ax.set_title(f"{table['modality'].iloc[0].upper()} {table['view'].iloc[0]}\n{name}", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)

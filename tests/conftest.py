@@ -1,0 +1,51 @@
+"""Shared fixtures: small NIfTI pairs written by the tests themselves, repository paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_SCHEMA = REPO / "config/schemas/config.schema.yaml"
+CASES_SCHEMA = REPO / "config/schemas/cases.schema.yaml"
+TOTALSEG = REPO / "tests/data/totalsegmentator-ct-example"
+
+
+def ras_pair(shape=(20, 16, 12), spacing=(2.0, 1.5, 3.0), seed=0):
+    """A random RAS image in HU and a label volume with three organs as boxes."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(40, 30, shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    x, y, z = shape
+    label[2 : x // 2, 3 : y // 2, 1 : z - 2] = 6  # liver
+    label[x // 2 + 2 : x - 3, 2 : y // 3, 2 : z // 2] = 1  # spleen
+    label[x // 3 : x // 2 + 3, y // 2 + 2 : y - 2, 3 : z - 1] = 7  # stomach
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = (-100.0, -80.0, 20.0)
+    return image, label, affine
+
+
+def save(array, affine, path, dtype=None):
+    img = nib.Nifti1Image(array if dtype is None else array.astype(dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+    return Path(path)
+
+
+def to_lps(array, affine):
+    """The same volume stored in LPS voxel order (x and y axes flipped), world coordinates unchanged."""
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[0, 3] = array.shape[0] - 1
+    flip[1, 3] = array.shape[1] - 1
+    return array[::-1, ::-1, :].copy(), affine @ flip
+
+
+@pytest.fixture
+def nifti_pair(tmp_path):
+    """(image path, label path, image array, label array, affine) of a small RAS case."""
+    image, label, affine = ras_pair()
+    return (save(image, affine, tmp_path / "img.nii.gz"), save(label, affine, tmp_path / "lab.nii.gz"), image, label, affine)

@@ -1,0 +1,119 @@
+# Stage 1: volumes -> case table -> NPZ slice shards (+ PNG previews) -> manifests -> preview figure.
+
+
+rule phantom:
+    output:
+        images=phantom_files("image"),
+        labels=phantom_files("label"),
+        dataset=f"{PHANTOM_ROOT}/dataset.json",
+    params:
+        root=PHANTOM_ROOT,
+        seed=config["seed"],
+        phantom=config["phantom"],
+    log:
+        "logs/phantom.log",
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/phantom.py"
+
+
+rule cases:
+    output:
+        "results/data/cases.tsv",
+    params:
+        cases=CASES.to_dict("records"),
+    log:
+        "logs/cases.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/cases.py"
+
+
+rule slice_case:
+    input:
+        unpack(case_input),
+    output:
+        shards=expand("results/slices/{{modality}}/{view}/{{case}}.npz", view=VIEWS),
+        previews=directory(expand("results/slices/{{modality}}/{view}/previews/{{case}}", view=VIEWS)),
+    params:
+        views=VIEWS,
+        labels=config["dataset"]["labels"],
+        remap=config["dataset"]["remap"],
+        preprocess=PRE,
+    log:
+        "logs/slices/{modality}/{case}.log",
+    benchmark:
+        "benchmarks/slices/{modality}/{case}.tsv"
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["slice_mem_mb"],
+        runtime=20,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/slice_case.py"
+
+
+rule manifest:
+    input:
+        shards_of,
+    output:
+        "results/slices/{modality}/{view}/manifest.tsv",
+    params:
+        rows=manifest_rows,
+    log:
+        "logs/slices/{modality}/{view}/manifest.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/manifest.py"
+
+
+rule preview_figure:
+    input:
+        manifests=all_manifests(),
+    output:
+        report(
+            "results/figures/slices_preview.png",
+            caption="../report/slices_preview.rst",
+            category="1. Data",
+        ),
+    params:
+        labels=config["dataset"]["labels"],
+    log:
+        "logs/figures/slices_preview.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/preview_figure.py"
+
+
+rule provenance:
+    output:
+        "results/provenance.json",
+    params:
+        config=config,
+        repo=str(REPO),
+    log:
+        "logs/provenance.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/provenance.py"

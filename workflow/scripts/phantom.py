@@ -1,0 +1,13 @@
+from pathlib import Path
+
+from segdiff.phantom import write_phantom_dataset
+from segdiff.runtime import run_script
+
+
+def main():
+    p = snakemake.params.phantom
+    write_phantom_dataset(Path(snakemake.params.root), p["n_ct"], p["n_mri"], tuple(p["shape"]), tuple(p["spacing"]),
+                          snakemake.params.seed, p["val_fraction"])
+
+
+run_script(snakemake, main)

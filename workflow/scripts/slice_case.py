@@ -1,0 +1,24 @@
+import logging
+
+from segdiff.labels import load_label_map, load_remap
+from segdiff.runtime import run_script
+from segdiff.shards import write_case_shards
+from segdiff.volumes import load_case
+
+
+def main():
+    p = snakemake.params
+    labels = load_label_map(p.labels)
+    remap = load_remap(p.remap, labels) if p.remap else None
+    volume = load_case(snakemake.input.image, snakemake.input.label, labels, remap)
+    pre = p.preprocess
+    counts = write_case_shards(
+        volume, snakemake.wildcards.modality,
+        dict(zip(p.views, snakemake.output.shards)), dict(zip(p.views, snakemake.output.previews)),
+        image_size=pre["image_size"], min_foreground=pre["min_foreground"], ct_window=pre["ct_window"],
+        mri_percentiles=pre["mri_percentiles"], previews_per_case=pre["previews_per_case"],
+    )
+    logging.getLogger("segdiff").info("%s: slices per view %s (spacing %s mm)", snakemake.wildcards.case, counts, volume.spacing)
+
+
+run_script(snakemake, main)
