@@ -55,7 +55,7 @@ def slice_preview_figure(manifests: Sequence[str | Path], out: str | Path, label
     tables = [pd.read_csv(m, sep="\t") for m in manifests]
     modalities = sorted({t["modality"].iloc[0] for t in tables if len(t)})
     views = list(dict.fromkeys(t["view"].iloc[0] for t in tables if len(t)))
-    fig, axes = plt.subplots(len(modalities), len(views), figsize=(2.6 * len(views), 2.8 * len(modalities)), squeeze=False)
+    fig, axes = plt.subplots(len(modalities), len(views), figsize=(2.6 * len(views), 2.9 * len(modalities)), squeeze=False, layout="constrained")
     for table in tables:
         if table.empty:
             continue
@@ -68,7 +68,6 @@ def slice_preview_figure(manifests: Sequence[str | Path], out: str | Path, label
         image, mask, name = picked
         show_overlay(ax, image, mask, labels)
         ax.set_title(f"{table['modality'].iloc[0].upper()} {table['view'].iloc[0]}\n{name}", fontsize=8)
-    fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -7,7 +7,6 @@ rule phantom:
         labels=phantom_files("label"),
         dataset=f"{PHANTOM_ROOT}/dataset.json",
     params:
-        root=PHANTOM_ROOT,
         seed=config["seed"],
         phantom=config["phantom"],
     log:
@@ -44,7 +43,6 @@ rule slice_case:
         shards=expand("results/slices/{{modality}}/{view}/{{case}}.npz", view=VIEWS),
         previews=directory(expand("results/slices/{{modality}}/{view}/previews/{{case}}", view=VIEWS)),
     params:
-        views=VIEWS,
         labels=config["dataset"]["labels"],
         remap=config["dataset"]["remap"],
         preprocess=PRE,

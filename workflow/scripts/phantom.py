@@ -6,7 +6,7 @@ from segdiff.runtime import run_script
 
 def main():
     p = snakemake.params.phantom
-    write_phantom_dataset(Path(snakemake.params.root), p["n_ct"], p["n_mri"], tuple(p["shape"]), tuple(p["spacing"]),
+    write_phantom_dataset(Path(snakemake.output.dataset).parent, p["n_ct"], p["n_mri"], tuple(p["shape"]), tuple(p["spacing"]),
                           snakemake.params.seed, p["val_fraction"])
 
 

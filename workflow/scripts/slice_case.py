@@ -1,4 +1,5 @@
 import logging
+from pathlib import Path
 
 from segdiff.labels import load_label_map, load_remap
 from segdiff.runtime import run_script
@@ -12,9 +13,10 @@ def main():
     remap = load_remap(p.remap, labels) if p.remap else None
     volume = load_case(snakemake.input.image, snakemake.input.label, labels, remap)
     pre = p.preprocess
+    views = [Path(shard).parent.name for shard in snakemake.output.shards]  # results/slices/{modality}/{view}/{case}.npz
     counts = write_case_shards(
         volume, snakemake.wildcards.modality,
-        dict(zip(p.views, snakemake.output.shards)), dict(zip(p.views, snakemake.output.previews)),
+        dict(zip(views, snakemake.output.shards)), dict(zip(views, snakemake.output.previews)),
         image_size=pre["image_size"], min_foreground=pre["min_foreground"], ct_window=pre["ct_window"],
         mri_percentiles=pre["mri_percentiles"], previews_per_case=pre["previews_per_case"],
     )

@@ -1,0 +1,160 @@
+"""The data rules run through Snakemake itself, on tiny configs in a temporary working directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, TOTALSEG, ras_pair, save
+
+from segdiff.shards import read_shard
+
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "seed": 3,
+    "phantom": {"n_ct": 3, "n_mri": 3, "shape": [48, 40, 24], "spacing": [8.0, 8.0, 12.0]},
+    "preprocess": {"image_size": 16, "min_foreground": 4},
+}
+
+
+def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in ``workdir`` with ``config`` as the only config file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("phantom")
+    snakemake(workdir, TINY)
+    return workdir
+
+
+def test_phantom_study_yields_shards_manifests_and_figure(phantom_run):
+    results = phantom_run / "results"
+    cases = pd.read_csv(results / "data/cases.tsv", sep="\t")
+    assert len(cases) == 6 and set(cases["modality"]) == {"ct", "mri"}
+    for modality in ("ct", "mri"):
+        for view in ("axial", "coronal", "sagittal"):
+            manifest = pd.read_csv(results / f"slices/{modality}/{view}/manifest.tsv", sep="\t")
+            assert sorted(manifest["split"]) == ["test", "train", "val"]  # 3 cases: one per split
+            for row in manifest.itertuples():
+                shard = read_shard(phantom_run / row.shard)
+                assert len(shard.slice) == row.n_slices > 0
+                assert shard.image.shape[1:] == (16, 16)
+                assert shard.mask.max() <= (15 if modality == "ct" else 13)
+                assert list((results / f"slices/{modality}/{view}/previews/{row.case}").glob("*_mask.png"))
+    # one split per case across every subset
+    splits = {}
+    for manifest in results.glob("slices/*/*/manifest.tsv"):
+        for row in pd.read_csv(manifest, sep="\t").itertuples():
+            assert splits.setdefault(row.case, row.split) == row.split
+    assert (results / "figures/slices_preview.png").stat().st_size > 10_000
+    provenance = yaml.safe_load((results / "provenance.json").read_text())
+    assert provenance["seed"] == 3 and provenance["packages"]["nibabel"] == nib.__version__
+    assert (phantom_run / "logs/phantom.log").exists() and list((phantom_run / "benchmarks/slices").rglob("*.tsv"))
+
+
+def test_rerun_one_view_by_config_override(phantom_run):
+    shard = phantom_run / "results/slices/ct/coronal/amos_0001.npz"
+    others = [phantom_run / f"results/slices/ct/{v}/amos_0001.npz" for v in ("axial", "sagittal")]
+    before = {p: p.stat().st_mtime_ns for p in [shard, *others]}
+    snakemake(phantom_run, TINY, "--config", "views=[coronal]", "--forcerun", "slice_case")
+    assert shard.stat().st_mtime_ns > before[shard]
+    assert all(p.stat().st_mtime_ns == before[p] for p in others)
+
+
+def test_rerun_one_view_by_target_file(phantom_run):
+    manifest = phantom_run / "results/slices/mri/sagittal/manifest.tsv"
+    manifest.unlink()
+    proc = snakemake(phantom_run, TINY, str(manifest.relative_to(phantom_run)))
+    assert manifest.exists()
+    assert "slice_case" not in proc.stderr.split("Job stats:")[-1]  # shards were up to date: only the manifest ran
+
+
+def test_dry_run_and_lint_are_clean(phantom_run):
+    snakemake(phantom_run, TINY)  # bring everything up to date after the reruns above
+    dry = snakemake(phantom_run, TINY, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    lint = snakemake(phantom_run, TINY, "--lint")
+    assert "Congratulations" in lint.stdout + lint.stderr
+
+
+def test_real_ct_fixture_with_totalsegmentator_remap(tmp_path):
+    sheet = tmp_path / "cases.tsv"
+    sheet.write_text(f"case\tmodality\timage\tlabel\tsplit\ntotalseg_ct\tct\t{TOTALSEG / 'ct.nii.gz'}\t{TOTALSEG / 'seg.nii.gz'}\ttest\n")
+    config = {"dataset": {"source": "sheet", "sheet": str(sheet), "remap": "totalsegmentator_to_amos"},
+              "preprocess": {"image_size": 64, "min_foreground": 20}}
+    snakemake(tmp_path / "run", config)
+    log = (tmp_path / "run/logs/slices/ct/totalseg_ct.log").read_text()
+    assert "unmapped source ids" in log  # lungs, bones, muscles ... became background
+    for view in ("axial", "coronal", "sagittal"):
+        shard = read_shard(tmp_path / f"run/results/slices/ct/{view}/totalseg_ct.npz")
+        assert len(shard.slice) > 5
+        assert set(np.unique(shard.mask)) <= {0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13}
+        assert 6 in shard.mask  # liver
+        longest = {"axial": 122, "coronal": 122, "sagittal": 101}[view]  # voxels of 3 mm along the longer in-plane axis
+        assert shard.pixel_mm == pytest.approx(3.0 * longest / 64, rel=1e-3)
+    # liver mean intensity in the CT window: soft tissue, well above fat and below bone
+    axial = read_shard(tmp_path / "run/results/slices/ct/axial/totalseg_ct.npz")
+    liver = axial.image[axial.mask == 6].mean()
+    assert 0.45 < liver < 0.65, liver  # ~ 40-100 HU in [-175, 250]
+
+
+def test_bad_case_fails_alone_with_keep_going(tmp_path):
+    image, label, affine = ras_pair()
+    good = [save(image, affine, tmp_path / "good_img.nii.gz"), save(label, affine, tmp_path / "good_lab.nii.gz")]
+    bad_img = save(image, affine, tmp_path / "bad_img.nii.gz")
+    bad_lab = tmp_path / "bad_lab.nii.gz"
+    bad_lab.write_bytes(save(label, affine, tmp_path / "x.nii.gz").read_bytes()[:200])  # truncated
+    sheet = tmp_path / "cases.tsv"
+    sheet.write_text("case\tmodality\timage\tlabel\tsplit\n"
+                     f"good\tct\t{good[0]}\t{good[1]}\ttrain\nbad\tct\t{bad_img}\t{bad_lab}\ttest\n")
+    config = {"dataset": {"source": "sheet", "sheet": str(sheet)}, "views": ["axial"], "preprocess": {"image_size": 16}}
+    proc = snakemake(tmp_path / "run", config, "--keep-going", check=False)
+    assert proc.returncode != 0
+    assert (tmp_path / "run/results/slices/ct/axial/good.npz").exists()
+    assert not list((tmp_path / "run/results/slices/ct/axial").glob("bad*"))
+    log = (tmp_path / "run/logs/slices/ct/bad.log").read_text().strip().splitlines()
+    assert len(log) == 1 and "ERROR" in log[0] and "bad_lab.nii.gz: " in log[0], log
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"preprocess": {"image_size": "big"}}, "config key 'preprocess.image_size': 'big' is not of type 'integer'"),
+        ({"views": ["axial"], "viewz": 1}, "config key 'viewz': unknown key"),
+        ({"dataset": {"source": "sheet", "sheet": "missing.tsv"}}, "missing.tsv: case sheet not found"),
+        ({"dataset": {"labels": "nowhere.tsv"}}, "nowhere.tsv: file not found"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, config, message):
+    proc = snakemake(tmp_path, config, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_sheet_row_with_missing_file_stops_before_any_job(tmp_path):
+    image, label, affine = ras_pair()
+    img = save(image, affine, tmp_path / "img.nii.gz")
+    sheet = tmp_path / "cases.tsv"
+    sheet.write_text(f"case\tmodality\timage\tlabel\nc1\tct\t{img}\t{tmp_path / 'gone.nii.gz'}\n")
+    proc = snakemake(tmp_path / "run", {"dataset": {"source": "sheet", "sheet": str(sheet)}}, check=False)
+    assert proc.returncode != 0
+    assert "cases.tsv: row 2 (case 'c1'), column 'label': file not found" in proc.stdout + proc.stderr
+    assert not (tmp_path / "run/results").exists()
