@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import yaml
 
 from segdiff.errors import ConfigError
 
-__all__ = ["validate_config", "load_config"]
+__all__ = ["validate_config", "load_config", "parse_run"]
 
 
 def _with_defaults(validator_class):
@@ -65,3 +66,14 @@ def load_config(path: str | Path, schema_path: str | Path, overrides: Mapping[st
         raise ConfigError(str(path), f"not valid YAML ({err})") from err
     config.update(overrides or {})
     return validate_config(config, schema_path)
+
+
+_RUN = re.compile(r"^(?:(?P<source>ct|mri)>)?(?P<modality>ct|mri)/(?P<view>axial|coronal|sagittal|all)$")
+
+
+def parse_run(spec: str) -> tuple[str | None, str, str]:
+    """``'ct/axial'`` -> (None, 'ct', 'axial'); ``'ct>mri/axial'`` -> ('ct', 'mri', 'axial')."""
+    match = _RUN.match(spec)
+    if match is None:
+        raise ConfigError("run", f"{spec!r} is not modality/view or source>target/view")
+    return match["source"], match["modality"], match["view"]

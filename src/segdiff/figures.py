@@ -17,7 +17,7 @@ from segdiff.atomic import atomic_path  # noqa: E402
 from segdiff.labels import LabelMap  # noqa: E402
 from segdiff.shards import read_shard  # noqa: E402
 
-__all__ = ["label_colormap", "show_overlay", "slice_preview_figure"]
+__all__ = ["label_colormap", "show_overlay", "slice_preview_figure", "loss_curve_figure", "generation_grid_figure"]
 
 
 def label_colormap(labels: LabelMap) -> ListedColormap:
@@ -70,4 +70,47 @@ def slice_preview_figure(manifests: Sequence[str | Path], out: str | Path, label
         ax.set_title(f"{table['modality'].iloc[0].upper()} {table['view'].iloc[0]}\n{name}", fontsize=8)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def loss_curve_figure(histories: dict[str, str | Path], out: str | Path, title: str = "training loss") -> None:
+    """Loss per step (raw and a 25-step moving average) of one or more runs, log scale."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
+    for name, csv in histories.items():
+        table = pd.read_csv(csv)
+        line = ax.plot(table["step"], table["loss"], alpha=0.25, lw=0.8)[0]
+        ax.plot(table["step"], table["loss"].rolling(25, min_periods=1).mean(), color=line.get_color(), label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, generated: np.ndarray, labels: LabelMap,
+                           out: str | Path, title: str, rows: int = 6) -> None:
+    """Columns Original | Segmentation | Generation 1..k for up to ``rows`` slices spread over the set.
+
+    ``generated`` is (N, k, H, W); ``original`` may be None (multi-modal: no paired image).
+    """
+    n, k = generated.shape[:2]
+    picks = np.unique(np.linspace(0, n - 1, min(rows, n)).round().astype(int))
+    cols = 2 + k
+    fig, axes = plt.subplots(len(picks), cols, figsize=(1.6 * cols, 1.6 * len(picks) + 0.4), squeeze=False, layout="constrained")
+    for r, i in enumerate(picks):
+        if original is not None:
+            show_overlay(axes[r][0], original[i], None, labels)
+        else:
+            axes[r][0].set_axis_off()
+        show_overlay(axes[r][1], np.zeros_like(mask[i], dtype=np.float32), mask[i], labels, alpha=1.0)
+        for j in range(k):
+            show_overlay(axes[r][2 + j], generated[i, j], None, labels)
+    for c, name in enumerate(["Original", "Segmentation"] + [f"Generation {j + 1}" if k > 1 else "Generation" for j in range(k)]):
+        axes[0][c].set_title(name, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 
 from segdiff.casesheet import assign_splits, read_case_sheet, sheet_from_amos, validate_case_sheet
-from segdiff.config import validate_config
+from segdiff.config import parse_run, validate_config
+from segdiff.errors import ConfigError
 from segdiff.labels import load_label_map, load_remap
 from segdiff.phantom import phantom_cases
 
@@ -53,7 +54,9 @@ MODALITIES = sorted(CASES["modality"].unique())
 
 wildcard_constraints:
     modality="ct|mri",
-    view="axial|coronal|sagittal",
+    source="ct|mri",
+    view="axial|coronal|sagittal|all",
+    mode="reconstruction|multi_inference",
     case="[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
@@ -83,10 +86,61 @@ def all_manifests():
     return expand("results/slices/{modality}/{view}/manifest.tsv", modality=MODALITIES, view=VIEWS)
 
 
+def slice_views(view):
+    """The slice views a model view is trained on: ``all`` is the union of the three."""
+    return ["axial", "coronal", "sagittal"] if view == "all" else [view]
+
+
+def _model_runs():
+    """(modality, view) of every diffusion model; checked against the data before any job runs."""
+    runs = [parse_run(r)[1:] for r in config["diffusion"]["runs"]]
+    for i, (modality, view) in enumerate(runs):
+        if modality not in MODALITIES:
+            raise ConfigError(f"diffusion.runs.{i}", f"no {modality} case in the dataset")
+        missing = sorted(set(slice_views(view)) - set(VIEWS))
+        if missing:
+            raise ConfigError(f"diffusion.runs.{i}", f"view {view} needs {missing} in 'views'")
+    return runs
+
+
+def _multimodal_runs():
+    """(source, target, view) of every multi-modal experiment."""
+    runs = []
+    for i, spec in enumerate(config["sampling"]["multimodal"]):
+        source, target, view = parse_run(spec)
+        if (target, view) not in MODEL_RUNS:
+            raise ConfigError(f"sampling.multimodal.{i}", f"needs the model {target}/{view} in diffusion.runs")
+        if source not in MODALITIES:
+            raise ConfigError(f"sampling.multimodal.{i}", f"no {source} case in the dataset")
+        runs.append((source, target, view))
+    return runs
+
+
+MODEL_RUNS = _model_runs()
+MULTIMODAL_RUNS = _multimodal_runs()
+
+
+def run_manifests(wildcards):
+    """Manifests of the slice views behind a model view (wildcards modality or source, view)."""
+    modality = wildcards.get("source", None) or wildcards.modality
+    return expand("results/slices/{modality}/{view}/manifest.tsv", modality=modality, view=slice_views(wildcards.view))
+
+
+def diffusion_outputs():
+    out = []
+    for modality, view in MODEL_RUNS:
+        run = f"{modality}_{view}"
+        out += [f"results/models/diffusion/{run}.pt", f"results/figures/loss/diffusion_{run}.png"]
+        out += expand("results/samples/{run}/{mode}.npz", run=run, mode=["reconstruction", "multi_inference"])
+    out += [f"results/samples/{s}2{t}_{v}/multimodal.npz" for s, t, v in MULTIMODAL_RUNS]
+    return out
+
+
 def all_outputs():
     return [
         "results/data/cases.tsv",
         *all_manifests(),
         "results/figures/slices_preview.png",
+        *diffusion_outputs(),
         "results/provenance.json",
     ]

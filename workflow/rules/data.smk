@@ -52,7 +52,7 @@ rule slice_case:
         "benchmarks/slices/{modality}/{case}.tsv"
     threads: 1
     resources:
-        mem_mb=config["resources"]["slice_mem_mb"],
+        mem_mb=config["compute"]["slice_mem_mb"],
         runtime=20,
     conda:
         "../../envs/segdiff.yaml"
@@ -65,6 +65,8 @@ rule manifest:
         shards_of,
     output:
         "results/slices/{modality}/{view}/manifest.tsv",
+    wildcard_constraints:
+        view="axial|coronal|sagittal",
     params:
         rows=manifest_rows,
     log:

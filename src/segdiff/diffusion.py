@@ -1,0 +1,224 @@
+"""Segmentation-guided diffusion: MONAI's ``DiffusionModelUNet`` conditioned on an organ mask.
+
+The mask reaches the denoiser in one of the two ways of the study:
+
+- ``concat``: the one-hot mask (background + K organs) is concatenated to the noisy image as
+  extra input channels (Konz et al. 2024);
+- ``add``: a learned embedding of the one-hot mask (a 1x1 convolution, i.e. one vector per class)
+  is added to the first feature map of the UNet.
+
+Images live in [0, 1] on disk and in [-1, 1] inside the diffusion process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from torch import nn
+
+__all__ = [
+    "DenoiserConfig", "SchedulerConfig", "SegGuidedDenoiser", "one_hot", "ablate_masks", "make_scheduler",
+    "diffusion_loss", "to_model_range", "from_model_range", "fit_diffusion", "save_diffusion", "load_diffusion",
+]
+
+Conditioning = Literal["concat", "add"]
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+
+
+@dataclass
+class DenoiserConfig:
+    """Everything needed to rebuild the network (saved in the model file)."""
+
+    num_classes: int  # including background
+    conditioning: Conditioning = "concat"
+    channels: tuple[int, ...] = (32, 64, 64)
+    num_res_blocks: int = 1
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    norm_num_groups: int = 16
+    num_head_channels: int = 16
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"], d["attention_levels"] = list(self.channels), list(self.attention_levels)
+        return d
+
+
+@dataclass
+class SchedulerConfig:
+    num_train_timesteps: int = 1000
+    schedule: str = "scaled_linear_beta"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction_type: PredictionType = "sample"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _AddedMaskEmbedding(nn.Module):
+    """Replaces ``conv_in``: features of the image channel plus a learned per-class embedding."""
+
+    def __init__(self, conv_in: nn.Module, num_classes: int, features: int):
+        super().__init__()
+        self.conv_in = conv_in
+        self.embed = nn.Conv2d(num_classes, features, kernel_size=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_in(x[:, :1]) + self.embed(x[:, 1:])
+
+
+class SegGuidedDenoiser(nn.Module):
+    """``forward(noisy (B,1,H,W), timesteps (B,), mask_onehot (B,C,H,W)) -> prediction (B,1,H,W)``."""
+
+    def __init__(self, config: DenoiserConfig):
+        super().__init__()
+        self.config = config
+        concat = config.conditioning == "concat"
+        if config.conditioning not in ("concat", "add"):
+            raise ValueError(f"conditioning must be 'concat' or 'add', got {config.conditioning!r}")
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2,
+            in_channels=1 + config.num_classes if concat else 1,
+            out_channels=1,
+            num_res_blocks=config.num_res_blocks,
+            channels=tuple(config.channels),
+            attention_levels=tuple(config.attention_levels),
+            norm_num_groups=config.norm_num_groups,
+            num_head_channels=config.num_head_channels,
+        )
+        if not concat:
+            self.unet.conv_in = _AddedMaskEmbedding(self.unet.conv_in, config.num_classes, config.channels[0])
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, mask_onehot: torch.Tensor) -> torch.Tensor:
+        return self.unet(torch.cat([noisy, mask_onehot.to(noisy.dtype)], dim=1), timesteps)
+
+
+def one_hot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, H, W) integer mask -> (B, C, H, W) float one-hot."""
+    return F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).float()
+
+
+def ablate_masks(mask: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Drop each organ class of each sample's mask (set to background) with probability ``p``.
+
+    Training only: sampling never ablates. Draws from ``generator`` even when ``p == 0`` is not
+    needed, so it returns ``mask`` untouched then.
+    """
+    if p <= 0:
+        return mask
+    n_classes = int(mask.max()) + 1
+    drop = torch.rand((mask.shape[0], n_classes), generator=generator, device=mask.device) < p
+    drop[:, 0] = False
+    return torch.where(torch.gather(drop, 1, mask.long().flatten(1)).view_as(mask), torch.zeros_like(mask), mask)
+
+
+def make_scheduler(config: SchedulerConfig, sampler: Literal["ddpm", "ddim"] = "ddpm"):
+    """MONAI scheduler of the given kind with the model's noise schedule and prediction type."""
+    kwargs = dict(num_train_timesteps=config.num_train_timesteps, schedule=config.schedule,
+                  prediction_type=config.prediction_type, **config.extra)
+    if config.schedule in ("linear_beta", "scaled_linear_beta"):
+        kwargs.update(beta_start=config.beta_start, beta_end=config.beta_end)
+    if sampler == "ddim":
+        return DDIMScheduler(**kwargs)
+    if sampler == "ddpm":
+        return DDPMScheduler(**kwargs)
+    raise ValueError(f"unknown sampler {sampler!r} (expected 'ddpm' or 'ddim')")
+
+
+def to_model_range(image: torch.Tensor) -> torch.Tensor:
+    return image * 2.0 - 1.0
+
+
+def from_model_range(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+def diffusion_loss(
+    model: nn.Module,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    generator: torch.Generator,
+    ablation_p: float = 0.0,
+) -> torch.Tensor:
+    """MSE between the network output and the target of the scheduler's prediction type.
+
+    ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, H, W) integer labels.
+    """
+    x0 = to_model_range(images)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    cond = one_hot(ablate_masks(masks, ablation_p, generator), num_classes)
+    prediction = model(noisy, t, cond)
+    if scheduler.prediction_type == "epsilon":
+        target = noise
+    elif scheduler.prediction_type == "sample":
+        target = x0
+    else:
+        target = scheduler.get_velocity(x0, noise, t)
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def fit_diffusion(
+    slices,
+    denoiser: DenoiserConfig,
+    scheduler_config: SchedulerConfig,
+    settings,
+    batch_size: int,
+    checkpoint,
+    device: torch.device,
+    ablation_p: float = 0.0,
+    desc: str = "diffusion",
+):
+    """Train a :class:`SegGuidedDenoiser` on a :class:`~segdiff.dataset.SliceSet` (kept in device memory).
+
+    Returns the :class:`~segdiff.training.TrainResult` (EMA model, loss history).
+    """
+    from segdiff.training import train
+
+    torch.manual_seed(settings.seed)  # weight initialisation
+    model = SegGuidedDenoiser(denoiser)
+    scheduler = make_scheduler(scheduler_config, "ddpm")
+    images = torch.as_tensor(slices.image, device=device).unsqueeze(1)
+    masks = torch.as_tensor(slices.mask, device=device)
+    n = len(images)
+
+    def loss_fn(net, generator):
+        index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
+        return diffusion_loss(net, scheduler, images[index], masks[index], denoiser.num_classes, generator, ablation_p), batch_size
+
+    return train(model, loss_fn, settings, checkpoint, device, kind="diffusion", desc=desc)
+
+
+def save_diffusion(path, model: SegGuidedDenoiser, scheduler_config: SchedulerConfig, meta: dict) -> None:
+    """Write the final model file (EMA weights + what is needed to rebuild and sample) atomically."""
+    from segdiff.checkpoints import MODEL_FORMAT, save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(path, {"state_dict": state, "denoiser": model.config.to_dict(),
+                     "scheduler": scheduler_config.to_dict(), "meta": meta}, MODEL_FORMAT, "diffusion")
+
+
+def load_diffusion(path, device: torch.device | str = "cpu") -> tuple[SegGuidedDenoiser, SchedulerConfig, dict]:
+    """Rebuild a model saved by :func:`save_diffusion` (``weights_only`` loading; foreign files refused)."""
+    from segdiff.checkpoints import MODEL_FORMAT, load_file
+    from segdiff.errors import InputError
+
+    payload = load_file(path, MODEL_FORMAT, "diffusion")
+    try:
+        config = DenoiserConfig(**payload["denoiser"])
+        config.channels, config.attention_levels = tuple(config.channels), tuple(config.attention_levels)
+        model = SegGuidedDenoiser(config)
+        model.load_state_dict(payload["state_dict"])
+        scheduler_config = SchedulerConfig(**payload["scheduler"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise InputError(path, f"diffusion model file does not match this version of segdiff ({str(err).splitlines()[0]})") from err
+    return model.to(device).eval(), scheduler_config, payload["meta"]

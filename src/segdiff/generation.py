@@ -1,0 +1,77 @@
+"""The three generation experiments of the study, and their output files.
+
+- ``reconstruction``: one generation per test mask of the model's own modality;
+- ``multi_inference``: ``k`` generations per test mask;
+- ``multimodal``: the test masks of another modality (e.g. CT) through this model (e.g. MRI).
+
+Output ``.npz`` (one per run and mode): ``generated`` float32 (N, k, H, W) in [0, 1],
+``original`` float32 (N, H, W) (the real slice the mask belongs to; for multi-modal it is of the
+*source* modality), ``mask`` uint8 (N, H, W), ``case`` (N,) str, ``slice`` (N,) int32,
+``view`` (N,) str, ``seed`` int, and ``info`` (a JSON string: mode, model, sampler settings).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segdiff.atomic import atomic_path
+from segdiff.dataset import SliceSet
+from segdiff.diffusion import load_diffusion
+from segdiff.errors import InputError
+from segdiff.sampling import SamplerSettings, generate, sample_seed
+
+__all__ = ["MODES", "run_generation", "read_generation"]
+
+MODES = ("reconstruction", "multi_inference", "multimodal")
+
+
+def run_generation(
+    model_path: str | Path,
+    test: SliceSet,
+    mode: str,
+    settings: SamplerSettings,
+    seed: int,
+    device: torch.device,
+    out: str | Path,
+    k: int = 1,
+) -> dict:
+    """Sample ``mode`` for every slice of ``test`` and write ``out`` (.npz) atomically; returns the arrays."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (expected one of {MODES})")
+    model, scheduler_config, meta = load_diffusion(model_path, device)
+    num_classes = model.config.num_classes
+    if len(test) and int(test.mask.max()) >= num_classes:
+        raise InputError(model_path, f"model knows {num_classes - 1} organ classes, masks hold id {int(test.mask.max())}")
+    k = k if mode == "multi_inference" else 1
+    # one seed per (case, view, slice, k): independent of batch size and job order
+    seeds = [sample_seed(seed, f"{c}/{v}", s, j) for c, v, s in zip(test.case, test.view, test.slice) for j in range(k)]
+    masks = np.repeat(test.mask, k, axis=0)
+    generated = generate(model, scheduler_config, masks, seeds, num_classes, settings, device, desc=f"{mode} {Path(model_path).stem}")
+    arrays = {
+        "generated": generated.reshape(len(test), k, *test.mask.shape[1:]),
+        "original": test.image, "mask": test.mask, "case": test.case, "slice": test.slice, "view": test.view,
+        "seed": np.int64(seed),
+        "info": json.dumps({"mode": mode, "model": str(model_path), "model_meta": meta, "k": k, "sampler": asdict(settings)}),
+    }
+    with atomic_path(out) as tmp:
+        np.savez(tmp, **arrays)
+    return arrays
+
+
+def read_generation(path: str | Path) -> dict:
+    """Load a generation file written by :func:`run_generation`."""
+    try:
+        with np.load(path) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"not a generation file ({err})") from err
+    missing = {"generated", "original", "mask", "case", "slice"} - set(arrays)
+    if missing:
+        raise InputError(path, f"not a generation file (missing {sorted(missing)})")
+    arrays["info"] = json.loads(str(arrays["info"]))
+    return arrays

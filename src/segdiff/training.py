@@ -1,0 +1,161 @@
+"""A generic, kill-safe training loop shared by the diffusion model and the segmentor.
+
+AdamW, linear warm-up then cosine decay, gradient clipping, EMA weights, one seeded RNG for all
+randomness (batches, timesteps, noise, ablation), periodic checkpoints from which a rerun resumes
+exactly (on CPU the resumed run ends with the same weights as an uninterrupted one), a tqdm bar
+with loss and images/s, and the loss history. On CUDA: bf16 autocast, channels_last, fused
+AdamW and optional ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from segdiff.checkpoints import CHECKPOINT_FORMAT, load_file, save_file
+
+__all__ = ["TrainSettings", "TrainResult", "train", "pick_device", "warmup_cosine", "write_history"]
+
+log = logging.getLogger(__name__)
+
+#: ``loss_fn(model, generator) -> (loss, images in the batch)``; draws its own batch with ``generator``.
+LossFn = Callable[[nn.Module, torch.Generator], tuple[torch.Tensor, int]]
+
+
+@dataclass
+class TrainSettings:
+    steps: int
+    lr: float
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 100
+    seed: int = 0
+    compile: bool = False
+
+
+@dataclass
+class TrainResult:
+    ema: nn.Module  # the EMA copy of the model (used for inference)
+    history: list[dict]  # one row per step: step, loss, lr, images_per_s
+    resumed_from: int  # step the run resumed from (0 = fresh)
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _after_step(step: int) -> None:
+    """Hook called after every completed step (tests use it to simulate a kill)."""
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    settings: TrainSettings,
+    checkpoint: str | Path,
+    device: torch.device,
+    kind: str,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` for ``settings.steps`` steps, resuming from ``checkpoint`` when it exists.
+
+    The checkpoint is written every ``checkpoint_every`` steps (atomically) and left in place at
+    the end; callers delete it once the final model file is safely written.
+    """
+    checkpoint = Path(checkpoint)
+    model.to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+                                  fused=cuda or None)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(settings.warmup_steps, settings.steps))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(settings.seed)
+    history: list[dict] = []
+    step = 0
+    if checkpoint.exists():
+        state = load_file(checkpoint, CHECKPOINT_FORMAT, kind, map_location=device)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"].cpu())  # RNG states are CPU byte tensors on any device
+        history, step = list(state["history"]), int(state["step"])
+        log.info("%s: resumed from %s at step %d", desc, checkpoint, step)
+    resumed_from = step
+    forward = torch.compile(model) if settings.compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    def save_checkpoint() -> None:
+        save_file(checkpoint, {
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "generator": generator.get_state(), "history": history, "step": step,
+        }, CHECKPOINT_FORMAT, kind)
+
+    model.train()
+    bar = tqdm(total=settings.steps, initial=step, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
+    tick = time.perf_counter()
+    while step < settings.steps:
+        with autocast:
+            loss, n_images = loss_fn(forward, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        schedule.step()
+        ema.update_parameters(model)
+        step += 1
+        now = time.perf_counter()
+        row = {"step": step, "loss": float(loss.detach()), "lr": schedule.get_last_lr()[0],
+               "images_per_s": n_images / max(now - tick, 1e-9)}
+        tick = now
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}", refresh=False)
+        bar.update()
+        if step % settings.checkpoint_every == 0 and step < settings.steps:
+            save_checkpoint()
+        _after_step(step)
+    bar.close()
+    save_checkpoint()
+    ema.module.eval()
+    return TrainResult(ema=ema.module, history=history, resumed_from=resumed_from)
+
+
+def write_history(history: list[dict], path: str | Path) -> None:
+    """The loss log as CSV (step, loss, lr, images_per_s), written atomically."""
+    import pandas as pd
+
+    from segdiff.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(history, columns=["step", "loss", "lr", "images_per_s"]).to_csv(tmp, index=False)

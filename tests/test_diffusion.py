@@ -1,0 +1,169 @@
+"""Segmentation-guided diffusion: conditioning, ablation, kill-safe training, reproducible sampling, model files."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import segdiff.diffusion as diffusion
+import segdiff.training as training
+from segdiff.checkpoints import MODEL_FORMAT, save_file
+from segdiff.dataset import SliceSet
+from segdiff.diffusion import (DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, ablate_masks, fit_diffusion,
+                               load_diffusion, one_hot, save_diffusion)
+from segdiff.errors import InputError
+from segdiff.sampling import SamplerSettings, generate, initial_noise, sample_seed
+from segdiff.training import TrainSettings, warmup_cosine
+
+TINY = dict(num_classes=4, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4, num_head_channels=8)
+SCHED = SchedulerConfig(num_train_timesteps=50, prediction_type="sample")
+
+
+def tiny_slices(n=6, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((n, size, size), np.uint8)
+    mask[:, 3:8, 3:10] = 1
+    mask[:, 9:14, 6:12] = 2
+    mask[::2, 2:5, 11:15] = 3
+    image = (0.2 * (mask == 1) + 0.6 * (mask == 2) + 0.9 * (mask == 3) + rng.normal(0, 0.02, mask.shape)).clip(0, 1)
+    return SliceSet(image.astype(np.float32), mask, np.array([f"c{i % 2}" for i in range(n)]),
+                    np.arange(n, dtype=np.int32), np.array(["axial"] * n))
+
+
+@pytest.mark.parametrize("conditioning", ["concat", "add"])
+def test_both_conditioning_modes_use_the_mask(conditioning):
+    torch.manual_seed(0)
+    model = SegGuidedDenoiser(DenoiserConfig(conditioning=conditioning, **TINY)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # MONAI zero-initialises the output convolution
+            p.normal_(0, 0.2)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 20])
+    masks = torch.as_tensor(tiny_slices(2).mask)
+    with torch.no_grad():
+        out = model(x, t, one_hot(masks, 4))
+        other = model(x, t, one_hot(torch.zeros_like(masks), 4))
+    assert out.shape == (2, 1, 16, 16)
+    assert not torch.allclose(out, other)  # the mask changes the prediction
+    first = model.unet.conv_in
+    if conditioning == "concat":
+        assert first.conv.in_channels == 1 + 4
+    else:
+        assert first.conv_in.conv.in_channels == 1 and first.embed.in_channels == 4
+
+
+def test_mask_ablation_drops_whole_classes_per_sample():
+    masks = torch.as_tensor(np.repeat(tiny_slices(1).mask, 64, axis=0))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(ablate_masks(masks, 0.0, g), masks)
+    assert not ablate_masks(masks, 1.0, g).any()
+    out = ablate_masks(masks, 0.5, g)
+    for original, ablated in zip(masks, out):
+        for c in (1, 2, 3):
+            kept = ablated[original == c]
+            assert (kept == c).all() or (kept == 0).all()  # a class is kept whole or dropped whole
+        assert (ablated[original == 0] == 0).all()
+    dropped = [(out[i][masks[i] == 2] == 0).all().item() for i in range(64)]
+    assert 16 < sum(dropped) < 48  # about half of the samples lost class 2
+
+
+def test_sampling_never_ablates(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("ablate_masks called during sampling")
+
+    monkeypatch.setattr(diffusion, "ablate_masks", forbidden)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, cond):
+            seen.append(cond.clone())
+            return torch.zeros_like(x)
+
+    masks = tiny_slices(3).mask
+    generate(Spy(), SCHED, masks, [1, 2, 3], 4, SamplerSettings(steps=2), torch.device("cpu"))
+    assert all(torch.equal(c, one_hot(torch.as_tensor(masks), 4)) for c in seen)
+
+
+def test_sampling_does_not_depend_on_batch_size():
+    torch.manual_seed(0)
+    model = SegGuidedDenoiser(DenoiserConfig(**TINY)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    masks = tiny_slices(5).mask
+    seeds = [sample_seed(7, "case", i, 0) for i in range(5)]
+    for settings in (SamplerSettings(steps=4), SamplerSettings(sampler="ddpm", steps=4)):
+        results = []
+        for batch_size in (1, 2, 5):
+            settings.batch_size = batch_size
+            results.append(generate(model, SCHED, masks, seeds, 4, settings, torch.device("cpu")))
+        np.testing.assert_allclose(results[0], results[1], atol=1e-5)
+        np.testing.assert_allclose(results[0], results[2], atol=1e-5)
+    # the noise of a slice is its own: the same whatever other slices are in the batch
+    assert torch.equal(initial_noise(seeds[:3], (16, 16))[2], initial_noise(seeds[2:3], (16, 16))[0])
+    assert sample_seed(7, "case", 1, 0) != sample_seed(7, "case", 1, 1) != sample_seed(8, "case", 1, 1)
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
+
+
+def _fit(tmp_path, steps=6, name="run"):
+    settings = TrainSettings(steps=steps, lr=1e-3, warmup_steps=2, checkpoint_every=2, seed=3, ema_decay=0.9)
+    return fit_diffusion(tiny_slices(), DenoiserConfig(**TINY), SCHED, settings, 4, tmp_path / f"{name}.ckpt",
+                         torch.device("cpu"), ablation_p=0.3)
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    reference = _fit(tmp_path, name="reference")
+
+    def kill_at_5(step):
+        if step == 5:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(training, "_after_step", kill_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, name="killed")
+    assert (tmp_path / "killed.ckpt").exists()
+    monkeypatch.setattr(training, "_after_step", lambda step: None)
+    resumed = _fit(tmp_path, name="killed")
+    assert resumed.resumed_from == 4  # the last checkpoint before the kill
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in reference.history]
+    for (name, a), (_, b) in zip(reference.ema.state_dict().items(), resumed.ema.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_model_file_roundtrip_and_refusals(tmp_path):
+    result = _fit(tmp_path, steps=2)
+    path = tmp_path / "model.pt"
+    save_diffusion(path, result.ema, SCHED, {"modality": "ct"})
+    model, sched, meta = load_diffusion(path)
+    assert sched == SCHED and meta == {"modality": "ct"}
+    for a, b in zip(result.ema.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a.cpu(), b)
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(InputError, match="corrupt.pt: not a readable diffusion file"):
+        load_diffusion(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(InputError, match="foreign.pt: not a segdiff diffusion file"):
+        load_diffusion(foreign)
+    other_kind = tmp_path / "segmentor.pt"
+    save_file(other_kind, {"state_dict": {}}, MODEL_FORMAT, "segmentor")
+    with pytest.raises(InputError, match="holds a 'segmentor' model, expected 'diffusion'"):
+        load_diffusion(other_kind)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("arbitrary code",))
+
+    unsafe = tmp_path / "unsafe.pt"
+    unsafe.write_bytes(b"")
+    torch.save({"format": MODEL_FORMAT, "kind": "diffusion", "payload": Evil()}, unsafe, pickle_module=pickle)
+    with pytest.raises(InputError, match="unsafe.pt: not a readable diffusion file"):
+        load_diffusion(unsafe)

@@ -1,0 +1,96 @@
+# Stage 2-3: segmentation-guided diffusion per modality x view, then batched sampling.
+
+
+rule train_diffusion:
+    input:
+        manifests=run_manifests,
+    output:
+        model="results/models/diffusion/{modality}_{view}.pt",
+        loss="results/models/diffusion/{modality}_{view}_loss.csv",
+        figure=report(
+            "results/figures/loss/diffusion_{modality}_{view}.png",
+            caption="../report/loss_curve.rst",
+            category="2. Training",
+        ),
+    params:
+        checkpoint="checkpoints/diffusion/{modality}_{view}.ckpt",
+        diffusion=config["diffusion"],
+        labels=config["dataset"]["labels"],
+        device=config["compute"]["device"],
+        seed=config["seed"],
+    log:
+        "logs/diffusion/train_{modality}_{view}.log",
+    benchmark:
+        "benchmarks/diffusion/train_{modality}_{view}.tsv"
+    threads: config["compute"]["train_threads"]
+    resources:
+        mem_mb=config["compute"]["train_mem_mb"],
+        runtime=config["compute"]["train_runtime_min"],
+        gpu=config["compute"]["gpus"],
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/train_diffusion.py"
+
+
+rule sample_diffusion:
+    input:
+        model="results/models/diffusion/{modality}_{view}.pt",
+        manifests=run_manifests,
+    output:
+        samples="results/samples/{modality}_{view}/{mode}.npz",
+        grid=report(
+            "results/samples/{modality}_{view}/{mode}.png",
+            caption="../report/generations.rst",
+            category="3. Generations",
+        ),
+    params:
+        sampling=config["sampling"],
+        labels=config["dataset"]["labels"],
+        device=config["compute"]["device"],
+        seed=config["seed"],
+    log:
+        "logs/diffusion/sample_{modality}_{view}_{mode}.log",
+    benchmark:
+        "benchmarks/diffusion/sample_{modality}_{view}_{mode}.tsv"
+    threads: config["compute"]["sample_threads"]
+    resources:
+        mem_mb=config["compute"]["train_mem_mb"],
+        runtime=config["compute"]["train_runtime_min"],
+        gpu=config["compute"]["gpus"],
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/sample_diffusion.py"
+
+
+rule sample_multimodal:
+    input:
+        model="results/models/diffusion/{modality}_{view}.pt",
+        manifests=run_manifests,
+    output:
+        samples="results/samples/{source}2{modality}_{view}/multimodal.npz",
+        grid=report(
+            "results/samples/{source}2{modality}_{view}/multimodal.png",
+            caption="../report/generations.rst",
+            category="3. Generations",
+        ),
+    params:
+        sampling=config["sampling"],
+        labels=config["dataset"]["labels"],
+        device=config["compute"]["device"],
+        seed=config["seed"],
+        mode="multimodal",
+    log:
+        "logs/diffusion/sample_{source}2{modality}_{view}.log",
+    benchmark:
+        "benchmarks/diffusion/sample_{source}2{modality}_{view}.tsv"
+    threads: config["compute"]["sample_threads"]
+    resources:
+        mem_mb=config["compute"]["train_mem_mb"],
+        runtime=config["compute"]["train_runtime_min"],
+        gpu=config["compute"]["gpus"],
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/sample_diffusion.py"

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+from segdiff.dataset import load_slices
+from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
+from segdiff.figures import loss_curve_figure
+from segdiff.labels import load_label_map
+from segdiff.runtime import run_script
+from segdiff.training import TrainSettings, pick_device, write_history
+
+
+def main():
+    p, w = snakemake.params, snakemake.wildcards
+    cfg = p.diffusion
+    labels = load_label_map(p.labels)
+    slices = load_slices(snakemake.input.manifests, ["train"])
+    denoiser = DenoiserConfig(num_classes=labels.max_id + 1, conditioning=cfg["conditioning"], **cfg["model"])
+    scheduler = SchedulerConfig(**cfg["scheduler"])
+    train = dict(cfg["train"])
+    batch_size = train.pop("batch_size")
+    result = fit_diffusion(slices, denoiser, scheduler, TrainSettings(seed=p.seed, **train), batch_size,
+                           p.checkpoint, pick_device(p.device), cfg["ablation_p"], desc=f"diffusion {w.modality}/{w.view}")
+    meta = {"modality": w.modality, "view": w.view, "train_slices": len(slices), "labels": labels.names, "seed": p.seed}
+    save_diffusion(snakemake.output.model, result.ema, scheduler, meta)
+    write_history(result.history, snakemake.output.loss)
+    loss_curve_figure({f"{w.modality} {w.view}": snakemake.output.loss}, snakemake.output.figure, "diffusion training loss")
+    Path(p.checkpoint).unlink(missing_ok=True)  # the model file is safely written
+
+
+run_script(snakemake, main)
