@@ -11,9 +11,13 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/diffusion.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:

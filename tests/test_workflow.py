@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ import pytest
 import yaml
 from conftest import REPO, TOTALSEG, ras_pair, save
 
+from segdiff.diffusion import load_diffusion
+from segdiff.generation import read_generation
 from segdiff.shards import read_shard
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 pytestmark = pytest.mark.workflow
 
@@ -22,7 +26,13 @@ TINY = {
     "seed": 3,
     "phantom": {"n_ct": 3, "n_mri": 3, "shape": [48, 40, 24], "spacing": [8.0, 8.0, 12.0]},
     "preprocess": {"image_size": 16, "min_foreground": 4},
+    "diffusion": {"runs": []},
+    "sampling": {"multimodal": []},
+    "segmentor": {"model": {"channels": [8, 16], "strides": [2]},
+                  "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1}},
 }
+DATA_ONLY = {"diffusion": {"runs": []}, "sampling": {"multimodal": []}}  # data rules only
+TINY_MODEL = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4, "num_head_channels": 8}
 
 
 def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -98,7 +108,7 @@ def test_real_ct_fixture_with_totalsegmentator_remap(tmp_path):
     sheet = tmp_path / "cases.tsv"
     sheet.write_text(f"case\tmodality\timage\tlabel\tsplit\ntotalseg_ct\tct\t{TOTALSEG / 'ct.nii.gz'}\t{TOTALSEG / 'seg.nii.gz'}\ttest\n")
     config = {"dataset": {"source": "sheet", "sheet": str(sheet), "remap": "totalsegmentator_to_amos"},
-              "preprocess": {"image_size": 64, "min_foreground": 20}}
+              "preprocess": {"image_size": 64, "min_foreground": 20}, **DATA_ONLY}
     snakemake(tmp_path / "run", config)
     log = (tmp_path / "run/logs/slices/ct/totalseg_ct.log").read_text()
     assert "unmapped source ids" in log  # lungs, bones, muscles ... became background
@@ -124,7 +134,8 @@ def test_bad_case_fails_alone_with_keep_going(tmp_path):
     sheet = tmp_path / "cases.tsv"
     sheet.write_text("case\tmodality\timage\tlabel\tsplit\n"
                      f"good\tct\t{good[0]}\t{good[1]}\ttrain\nbad\tct\t{bad_img}\t{bad_lab}\ttest\n")
-    config = {"dataset": {"source": "sheet", "sheet": str(sheet)}, "views": ["axial"], "preprocess": {"image_size": 16}}
+    config = {"dataset": {"source": "sheet", "sheet": str(sheet)}, "views": ["axial"], "preprocess": {"image_size": 16},
+              **DATA_ONLY}
     proc = snakemake(tmp_path / "run", config, "--keep-going", check=False)
     assert proc.returncode != 0
     assert (tmp_path / "run/results/slices/ct/axial/good.npz").exists()
@@ -140,6 +151,8 @@ def test_bad_case_fails_alone_with_keep_going(tmp_path):
         ({"views": ["axial"], "viewz": 1}, "config key 'viewz': unknown key"),
         ({"dataset": {"source": "sheet", "sheet": "missing.tsv"}}, "missing.tsv: case sheet not found"),
         ({"dataset": {"labels": "nowhere.tsv"}}, "nowhere.tsv: file not found"),
+        ({"diffusion": {"runs": ["ct/all"]}, "views": ["axial"]}, "config key 'diffusion.runs.0': view all needs"),
+        ({"sampling": {"multimodal": ["ct>mri/coronal"]}}, "config key 'sampling.multimodal.0': needs the model mri/coronal"),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, config, message):
@@ -154,7 +167,77 @@ def test_sheet_row_with_missing_file_stops_before_any_job(tmp_path):
     img = save(image, affine, tmp_path / "img.nii.gz")
     sheet = tmp_path / "cases.tsv"
     sheet.write_text(f"case\tmodality\timage\tlabel\nc1\tct\t{img}\t{tmp_path / 'gone.nii.gz'}\n")
-    proc = snakemake(tmp_path / "run", {"dataset": {"source": "sheet", "sheet": str(sheet)}}, check=False)
+    proc = snakemake(tmp_path / "run", {"dataset": {"source": "sheet", "sheet": str(sheet)}, **DATA_ONLY}, check=False)
     assert proc.returncode != 0
     assert "cases.tsv: row 2 (case 'c1'), column 'label': file not found" in proc.stdout + proc.stderr
     assert not (tmp_path / "run/results").exists()
+
+
+@pytest.mark.parametrize("conditioning", ["concat", "add"])
+def test_whole_study_both_conditioning_modes(phantom_run, conditioning):
+    """train -> sample (reconstruction, multi-inference, CT->MRI) -> evaluate -> table, on the phantom slices above."""
+    config = {**TINY,
+              "diffusion": {"runs": ["mri/axial", "ct/all"], "conditioning": conditioning, "model": TINY_MODEL,
+                            "scheduler": {"num_train_timesteps": 20},
+                            "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}},
+              "sampling": {"steps": 3, "k": 2, "batch_size": 8, "multimodal": ["ct>mri/axial"]}}
+    proc = snakemake(phantom_run, config)  # the slices exist already: only model, sampling and evaluation jobs run
+    assert "slice_case" not in proc.stderr.split("Job stats:")[-1].split("Reasons")[0]
+    results = phantom_run / "results"
+    try:
+        model, _, meta = load_diffusion(results / "models/diffusion/mri_axial.pt")
+        assert model.config.conditioning == conditioning and meta["view"] == "axial"
+        assert not (phantom_run / "checkpoints/diffusion/mri_axial.ckpt").exists()  # removed once the model is written
+        assert len(pd.read_csv(results / "models/diffusion/mri_axial_loss.csv")) == 4
+        recon = read_generation(results / "samples/mri_axial/reconstruction.npz")
+        multi = read_generation(results / "samples/mri_axial/multi_inference.npz")
+        cross = read_generation(results / "samples/ct2mri_axial/multimodal.npz")
+        every = read_generation(results / "samples/ct_all/reconstruction.npz")
+        test_mri = pd.read_csv(results / "slices/mri/axial/manifest.tsv", sep="\t").query("split == 'test'")
+        assert recon["generated"].shape == (int(test_mri["n_slices"].sum()), 1, 16, 16)
+        assert multi["generated"].shape[1] == 2 and not np.array_equal(multi["generated"][:, 0], multi["generated"][:, 1])
+        np.testing.assert_array_equal(recon["mask"], multi["mask"])
+        assert set(cross["case"]) <= set(pd.read_csv(results / "data/cases.tsv", sep="\t").query("modality == 'ct'")["case"])
+        assert set(every["view"]) == {"axial", "coronal", "sagittal"}
+        for arrays in (recon, multi, cross, every):
+            assert 0.0 <= arrays["generated"].min() and arrays["generated"].max() <= 1.0
+        assert (results / "samples/ct2mri_axial/multimodal.png").stat().st_size > 5_000
+        check_table_recomputes(results)
+        for figure in ("generations", "dice_per_organ", "metrics_by_run", "loss_curves"):
+            assert (results / f"figures/{figure}.png").stat().st_size > 10_000
+        if conditioning == "concat":
+            snakemake(phantom_run, config, "--report", "report.html")
+            assert (phantom_run / "report.html").stat().st_size > 100_000  # figures are embedded
+    finally:
+        for sub in ("models", "samples", "figures/loss", "evaluation"):
+            shutil.rmtree(results / sub, ignore_errors=True)
+
+
+def check_table_recomputes(results):
+    """Every number of the table comes back from the saved arrays, computed independently here."""
+    table = pd.read_csv(results / "table.csv", index_col=0, dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["MRI axial", "CT", "CT→MRI axial"]
+    assert list(table.index[:6]) == ["PSNR ↑", "SSIM ↑", "FID ↓", "Dice_orig ↑", "Dice_gen ↑",
+                                     "FD_seg ↓ (segmentor features; not FID)"]
+    assert table.loc["PSNR ↑", "CT→MRI axial"] == "n/a" and table.loc["SSIM ↑", "CT→MRI axial"] == "n/a"
+    assert (table.loc["FID ↓"] == "n/a").all()  # no Inception weights offline
+    assert "FID n/a" in (results / "table.md").read_text()
+    for run, column in (("mri_axial", "MRI axial"), ("ct_all", "CT"), ("ct2mri_axial", "CT→MRI axial")):
+        a = dict(np.load(results / f"evaluation/{run}/arrays.npz"))
+
+        def dice(pred, ref):
+            scores = [2 * np.sum((pred == c) & (ref == c)) / (np.sum(pred == c) + np.sum(ref == c))
+                      for c in range(1, 16) if (ref == c).any()]
+            return np.mean(scores)
+
+        assert float(table.loc["Dice_gen ↑", column]) == pytest.approx(dice(a["pred_generated"], a["mask"]), abs=6e-4)
+        assert float(table.loc["Dice_orig ↑", column]) == pytest.approx(dice(a["pred_reference"], a["reference_mask"]), abs=6e-4)
+        assert int(table.loc["test slices", column]) == len(a["generated"])
+        if column != "CT→MRI axial":
+            psnr = np.mean([min(100.0, peak_signal_noise_ratio(o, g, data_range=1.0)) for o, g in zip(a["original"], a["generated"])])
+            ssim = np.mean([structural_similarity(o, g, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                                  use_sample_covariance=False) for o, g in zip(a["original"], a["generated"])])
+            assert float(table.loc["PSNR ↑", column]) == pytest.approx(psnr, abs=6e-3)
+            assert float(table.loc["SSIM ↑", column]) == pytest.approx(ssim, abs=6e-4)
+        per_slice = pd.read_csv(results / f"evaluation/{run}/per_slice.csv")
+        assert len(per_slice) == len(a["generated"])

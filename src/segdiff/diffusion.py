@@ -51,9 +51,9 @@ class DenoiserConfig:
 @dataclass
 class SchedulerConfig:
     num_train_timesteps: int = 1000
-    schedule: str = "scaled_linear_beta"
-    beta_start: float = 0.0015
-    beta_end: float = 0.0195
+    schedule: str = "linear_beta"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
     prediction_type: PredictionType = "sample"
     extra: dict = field(default_factory=dict)
 

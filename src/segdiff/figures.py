@@ -17,7 +17,8 @@ from segdiff.atomic import atomic_path  # noqa: E402
 from segdiff.labels import LabelMap  # noqa: E402
 from segdiff.shards import read_shard  # noqa: E402
 
-__all__ = ["label_colormap", "show_overlay", "slice_preview_figure", "loss_curve_figure", "generation_grid_figure"]
+__all__ = ["label_colormap", "show_overlay", "slice_preview_figure", "loss_curve_figure", "generation_grid_figure",
+           "generations_panel_figure", "dice_per_organ_figure", "metrics_by_run_figure"]
 
 
 def label_colormap(labels: LabelMap) -> ListedColormap:
@@ -113,4 +114,67 @@ def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, genera
     fig.suptitle(title, fontsize=9)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, out: str | Path, k: int = 3) -> None:
+    """The poster's Generations panel: one row per experiment (name, generation arrays), columns
+    Original | Segmentation | Generation(s). Each row shows the test slice with the most foreground."""
+    cols = 2 + k
+    fig, axes = plt.subplots(len(panels), cols, figsize=(1.7 * cols, 1.8 * len(panels) + 0.3), squeeze=False,
+                             layout="constrained")
+    for r, (name, arrays) in enumerate(panels):
+        i = int(np.argmax(np.count_nonzero(arrays["mask"].reshape(len(arrays["mask"]), -1), axis=1)))
+        show_overlay(axes[r][0], arrays["original"][i], None, labels)
+        show_overlay(axes[r][1], np.zeros(arrays["mask"][i].shape, np.float32), arrays["mask"][i], labels, alpha=1.0)
+        generated = arrays["generated"][i]
+        for j in range(k):
+            if j < len(generated):
+                show_overlay(axes[r][2 + j], generated[j], None, labels)
+            else:
+                axes[r][2 + j].set_axis_off()
+        axes[r][0].set_ylabel(name, fontsize=8)
+    for c, title in enumerate(["Original", "Segmentation"] + [f"Generation {j + 1}" for j in range(k)]):
+        axes[0][c].set_title(title, fontsize=8)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def dice_per_organ_figure(metrics: list[dict], out: str | Path) -> None:
+    """Per-organ Dice of the segmentor on original vs generated slices, one panel per run."""
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.4 * len(metrics)), squeeze=False, layout="constrained")
+    for ax, run in zip(axes[:, 0], metrics):
+        organs = list(run["per_organ"])
+        x = np.arange(len(organs))
+        orig = [run["per_organ"][o]["dice_orig"] or 0.0 for o in organs]
+        gen = [run["per_organ"][o]["dice_gen"] or 0.0 for o in organs]
+        ax.bar(x - 0.2, orig, 0.4, label="original (upper bound)", color="0.6")
+        ax.bar(x + 0.2, gen, 0.4, label="generated", color="tab:blue")
+        ax.set_xticks(x, organs, rotation=35, ha="right", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("Dice")
+        ax.set_title(run["label"], fontsize=9)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+
+
+def metrics_by_run_figure(metrics: list[dict], out: str | Path) -> None:
+    """Bars of each headline metric per run (views and modalities side by side)."""
+    keys = [("psnr", "PSNR"), ("ssim", "SSIM"), ("fid", "FID"), ("dice_orig", "Dice_orig"), ("dice_gen", "Dice_gen"),
+            ("fd_seg", "FD_seg")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.3 * len(keys), 2.8), layout="constrained")
+    names = [m["label"] for m in metrics]
+    for ax, (key, title) in zip(axes, keys):
+        values = [m.get(key) for m in metrics]
+        ax.bar(range(len(names)), [v if v is not None else 0.0 for v in values], color="tab:blue")
+        for i, v in enumerate(values):
+            if v is None:
+                ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)

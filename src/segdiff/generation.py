@@ -2,7 +2,8 @@
 
 - ``reconstruction``: one generation per test mask of the model's own modality;
 - ``multi_inference``: ``k`` generations per test mask;
-- ``multimodal``: the test masks of another modality (e.g. CT) through this model (e.g. MRI).
+- ``multimodal``: the test masks of another modality (e.g. CT) through this model (e.g. MRI);
+  organs the model never saw in training (``meta["classes_seen"]``) become background first.
 
 Output ``.npz`` (one per run and mode): ``generated`` float32 (N, k, H, W) in [0, 1],
 ``original`` float32 (N, H, W) (the real slice the mask belongs to; for multi-modal it is of the
@@ -13,6 +14,7 @@ Output ``.npz`` (one per run and mode): ``generated`` float32 (N, k, H, W) in [0
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from segdiff.errors import InputError
 from segdiff.sampling import SamplerSettings, generate, sample_seed
 
 __all__ = ["MODES", "run_generation", "read_generation"]
+
+log = logging.getLogger(__name__)
 
 MODES = ("reconstruction", "multi_inference", "multimodal")
 
@@ -47,6 +51,15 @@ def run_generation(
     num_classes = model.config.num_classes
     if len(test) and int(test.mask.max()) >= num_classes:
         raise InputError(model_path, f"model knows {num_classes - 1} organ classes, masks hold id {int(test.mask.max())}")
+    dropped = []
+    if mode == "multimodal" and meta.get("classes_seen"):
+        # the target model never saw these organs (e.g. bladder in AMOS MRI): they become background
+        unseen = ~np.isin(test.mask, meta["classes_seen"])
+        dropped = sorted(int(c) for c in np.unique(test.mask[unseen]))
+        if dropped:
+            log.info("%s: organ ids %s absent from the model's training masks set to background (%d pixels)",
+                     model_path, dropped, int(unseen.sum()))
+            test = SliceSet(test.image, np.where(unseen, 0, test.mask).astype(np.uint8), test.case, test.slice, test.view)
     k = k if mode == "multi_inference" else 1
     # one seed per (case, view, slice, k): independent of batch size and job order
     seeds = [sample_seed(seed, f"{c}/{v}", s, j) for c, v, s in zip(test.case, test.view, test.slice) for j in range(k)]
@@ -56,7 +69,8 @@ def run_generation(
         "generated": generated.reshape(len(test), k, *test.mask.shape[1:]),
         "original": test.image, "mask": test.mask, "case": test.case, "slice": test.slice, "view": test.view,
         "seed": np.int64(seed),
-        "info": json.dumps({"mode": mode, "model": str(model_path), "model_meta": meta, "k": k, "sampler": asdict(settings)}),
+        "info": json.dumps({"mode": mode, "model": str(model_path), "model_meta": meta, "k": k, "sampler": asdict(settings),
+                            "classes_set_to_background": dropped}),
     }
     with atomic_path(out) as tmp:
         np.savez(tmp, **arrays)

@@ -9,6 +9,7 @@ from segdiff.config import parse_run, validate_config
 from segdiff.errors import ConfigError
 from segdiff.labels import load_label_map, load_remap
 from segdiff.phantom import phantom_cases
+from segdiff.tables import run_label
 
 REPO = Path(workflow.basedir)
 validate_config(config, REPO / "config/schemas/config.schema.yaml")
@@ -57,6 +58,7 @@ wildcard_constraints:
     source="ct|mri",
     view="axial|coronal|sagittal|all",
     mode="reconstruction|multi_inference",
+    run="[a-z0-9_]+",
     case="[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
@@ -126,6 +128,59 @@ def run_manifests(wildcards):
     return expand("results/slices/{modality}/{view}/manifest.tsv", modality=modality, view=slice_views(wildcards.view))
 
 
+def _run_labels():
+    """Evaluation run id -> table column, in the poster's order (per model run, then multi-modal)."""
+    labels = {f"{m}_{v}": run_label(m, v) for m, v in MODEL_RUNS}
+    labels.update({f"{s}2{t}_{v}": run_label(t, v, s) for s, t, v in MULTIMODAL_RUNS})
+    return labels
+
+
+RUN_LABELS = _run_labels()
+
+
+def evaluation_inputs(wildcards):
+    """Generations, segmentor and real test slices of the target modality for one evaluation run."""
+    run = wildcards.run
+    source, _, rest = run.partition("2") if "2" in run else (None, None, run)
+    modality, view = rest.rsplit("_", 1)
+    inputs = {
+        "segmentor": f"results/models/segmentor/{modality}.pt",
+        "reference": expand("results/slices/{modality}/{view}/manifest.tsv", modality=modality, view=slice_views(view)),
+    }
+    if source:
+        inputs["generation"] = f"results/samples/{run}/multimodal.npz"
+    else:
+        inputs["generation"] = f"results/samples/{run}/reconstruction.npz"
+        inputs["multi_inference"] = f"results/samples/{run}/multi_inference.npz"
+    return inputs
+
+
+def generations_panel_inputs():
+    """Reconstruction and multi-inference of the first model run, and the first multi-modal run."""
+    if not MODEL_RUNS:
+        return []
+    modality, view = MODEL_RUNS[0]
+    files = [f"results/samples/{modality}_{view}/reconstruction.npz", f"results/samples/{modality}_{view}/multi_inference.npz"]
+    files += [f"results/samples/{s}2{t}_{v}/multimodal.npz" for s, t, v in MULTIMODAL_RUNS[:1]]
+    return files
+
+
+def loss_logs():
+    return [f"results/models/diffusion/{m}_{v}_loss.csv" for m, v in MODEL_RUNS] + expand(
+        "results/models/segmentor/{modality}_loss.csv", modality=sorted({m for m, _ in MODEL_RUNS})
+    )
+
+
+def evaluation_outputs():
+    if not MODEL_RUNS:
+        return []
+    return [
+        "results/table.csv",
+        "results/figures/generations.png",
+        *expand("results/evaluation/{run}/metrics.json", run=RUN_LABELS),
+    ]
+
+
 def diffusion_outputs():
     out = []
     for modality, view in MODEL_RUNS:
@@ -142,5 +197,6 @@ def all_outputs():
         *all_manifests(),
         "results/figures/slices_preview.png",
         *diffusion_outputs(),
+        *evaluation_outputs(),
         "results/provenance.json",
     ]

@@ -23,6 +23,7 @@ rule train_diffusion:
     benchmark:
         "benchmarks/diffusion/train_{modality}_{view}.tsv"
     threads: config["compute"]["train_threads"]
+    priority: 10  # the longest jobs of the study: start them first
     resources:
         mem_mb=config["compute"]["train_mem_mb"],
         runtime=config["compute"]["train_runtime_min"],

@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import numpy as np
+
 from segdiff.dataset import load_slices
 from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
 from segdiff.figures import loss_curve_figure
@@ -19,7 +21,8 @@ def main():
     batch_size = train.pop("batch_size")
     result = fit_diffusion(slices, denoiser, scheduler, TrainSettings(seed=p.seed, **train), batch_size,
                            p.checkpoint, pick_device(p.device), cfg["ablation_p"], desc=f"diffusion {w.modality}/{w.view}")
-    meta = {"modality": w.modality, "view": w.view, "train_slices": len(slices), "labels": labels.names, "seed": p.seed}
+    meta = {"modality": w.modality, "view": w.view, "train_slices": len(slices), "labels": labels.names, "seed": p.seed,
+            "classes_seen": sorted(int(c) for c in np.unique(slices.mask))}
     save_diffusion(snakemake.output.model, result.ema, scheduler, meta)
     write_history(result.history, snakemake.output.loss)
     loss_curve_figure({f"{w.modality} {w.view}": snakemake.output.loss}, snakemake.output.figure, "diffusion training loss")

@@ -1,0 +1,108 @@
+"""The auxiliary 2D segmentor: a MONAI ``UNet`` trained with Dice + cross-entropy on real slices.
+
+It reads generated images the way it reads real ones, so its Dice on generations measures how
+well they follow their masks (Dice_gen) against the upper bound on the originals (Dice_orig).
+Its bottleneck activations (global-average-pooled) are the feature space of FD_seg.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.layers import SkipConnection
+from monai.networks.nets import UNet
+from torch import nn
+
+from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
+from segdiff.errors import InputError
+
+__all__ = ["SegmentorConfig", "build_segmentor", "fit_segmentor", "save_segmentor", "load_segmentor", "predict",
+           "bottleneck_features"]
+
+
+@dataclass
+class SegmentorConfig:
+    num_classes: int  # including background
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "channels": list(self.channels), "strides": list(self.strides)}
+
+
+def build_segmentor(config: SegmentorConfig) -> UNet:
+    return UNet(spatial_dims=2, in_channels=1, out_channels=config.num_classes, channels=tuple(config.channels),
+                strides=tuple(config.strides), num_res_units=config.num_res_units)
+
+
+def fit_segmentor(slices, config: SegmentorConfig, settings, batch_size: int, checkpoint, device: torch.device,
+                  desc: str = "segmentor"):
+    """Train on a :class:`~segdiff.dataset.SliceSet` with DiceCE loss (kept in device memory)."""
+    from segdiff.training import train
+
+    torch.manual_seed(settings.seed)
+    model = build_segmentor(config)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    images = torch.as_tensor(slices.image, device=device).unsqueeze(1)
+    masks = torch.as_tensor(slices.mask, device=device).unsqueeze(1)
+    n = len(images)
+
+    def loss_fn(net, generator):
+        index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
+        return loss(net(images[index]).float(), masks[index].long()), batch_size
+
+    return train(model, loss_fn, settings, checkpoint, device, kind="segmentor", desc=desc)
+
+
+def save_segmentor(path, model: nn.Module, config: SegmentorConfig, meta: dict) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(path, {"state_dict": state, "segmentor": config.to_dict(), "meta": meta}, MODEL_FORMAT, "segmentor")
+
+
+def load_segmentor(path, device: torch.device | str = "cpu") -> tuple[UNet, SegmentorConfig, dict]:
+    payload = load_file(path, MODEL_FORMAT, "segmentor")
+    try:
+        cfg = payload["segmentor"]
+        config = SegmentorConfig(num_classes=cfg["num_classes"], channels=tuple(cfg["channels"]),
+                                 strides=tuple(cfg["strides"]), num_res_units=cfg["num_res_units"])
+        model = build_segmentor(config)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise InputError(path, f"segmentor file does not match this version of segdiff ({str(err).splitlines()[0]})") from err
+    return model.to(device).eval(), config, payload["meta"]
+
+
+def _bottom(unet: UNet) -> nn.Module:
+    """The deepest block of MONAI's recursive UNet (down -> SkipConnection(sub) -> up)."""
+    block = unet.model
+    while isinstance(block, nn.Sequential) and len(block) == 3 and isinstance(block[1], SkipConnection):
+        block = block[1].submodule
+    return block
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 128,
+            features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (N, H, W) uint8 for images (N, H, W) in [0, 1]; with ``features``, also the
+    global-average-pooled bottleneck activations (N, C) float64 for FD_seg."""
+    model.eval().to(device)
+    captured: list[torch.Tensor] = []
+    hook = _bottom(model).register_forward_hook(lambda m, i, o: captured.append(o.float().mean(dim=(2, 3)))) if features else None
+    labels = np.empty(images.shape, np.uint8)
+    try:
+        for start in range(0, len(images), batch_size):
+            x = torch.as_tensor(images[start : start + batch_size], device=device).unsqueeze(1)
+            labels[start : start + len(x)] = model(x).argmax(dim=1).to(torch.uint8).cpu().numpy()
+    finally:
+        if hook is not None:
+            hook.remove()
+    feats = torch.cat(captured).double().cpu().numpy() if features else None
+    return labels, feats
+
+
+def bottleneck_features(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 128) -> np.ndarray:
+    return predict(model, images, device, batch_size, features=True)[1]

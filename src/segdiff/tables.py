@@ -1,0 +1,72 @@
+"""The comparison table in the poster's layout, and its tidy long form.
+
+Rows: PSNR, SSIM, FID, Dice_orig, Dice_gen, FD_seg, diversity (inside/outside), slices;
+one column per run (``CT axial``, ``CT``, ``MRI axial``, ``MRI``, ``CT→MRI axial`` ...).
+Cells that cannot exist are ``n/a`` (PSNR/SSIM of multi-modal runs, FID without weights).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from segdiff.atomic import atomic_path
+
+__all__ = ["ROWS", "run_label", "build_tables", "write_tables"]
+
+#: (key in metrics.json, row name, decimals)
+ROWS = [
+    ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3), ("fid", "FID ↓", 2), ("dice_orig", "Dice_orig ↑", 3),
+    ("dice_gen", "Dice_gen ↑", 3), ("fd_seg", "FD_seg ↓ (segmentor features; not FID)", 3),
+    ("diversity_inside", "Diversity inside organs", 4), ("diversity_outside", "Diversity outside organs", 4),
+    ("n_slices", "test slices", 0),
+]
+
+
+def run_label(modality: str, view: str, source: str | None = None) -> str:
+    """Column name in the poster's style: ``CT axial``, ``CT`` (all views), ``CT→MRI axial``."""
+    name = modality.upper() if source is None else f"{source.upper()}→{modality.upper()}"
+    return name if view == "all" else f"{name} {view}"
+
+
+def build_tables(metrics_files: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(wide table: rows x runs with formatted strings, long table: run, metric, value)."""
+    runs = [json.loads(Path(f).read_text()) for f in metrics_files]
+    long = pd.DataFrame([{"run": r["label"], "metric": key, "value": r.get(key)} for r in runs for key, _, _ in ROWS])
+    for r in runs:
+        for organ, values in r.get("per_organ", {}).items():
+            for key, value in values.items():
+                long.loc[len(long)] = {"run": r["label"], "metric": f"{key}:{organ}", "value": value}
+    wide = pd.DataFrame(index=[name for _, name, _ in ROWS], columns=[r["label"] for r in runs], dtype=object)
+    for r in runs:
+        for key, name, decimals in ROWS:
+            value = r.get(key)
+            wide.loc[name, r["label"]] = "n/a" if value is None else (f"{int(value)}" if decimals == 0 else f"{value:.{decimals}f}")
+    return wide, long
+
+
+def write_tables(metrics_files: Sequence[str | Path], csv: str | Path, md: str | Path, tex: str | Path,
+                 long_csv: str | Path, notes: Sequence[str] = ()) -> pd.DataFrame:
+    """Write the table as CSV, Markdown and LaTeX, plus the tidy long CSV (all atomically)."""
+    wide, long = build_tables(metrics_files)
+    with atomic_path(csv) as tmp:
+        wide.to_csv(tmp, index_label="metric")
+    with atomic_path(md) as tmp:
+        tmp.write_text(_markdown(wide) + "\n" + "".join(f"\n{n}\n" for n in notes))
+    latex = wide.rename(index=lambda s: s.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("_", r"\_"),
+                        columns=lambda s: s.replace("→", r"$\to$"))
+    with atomic_path(tex) as tmp:
+        tmp.write_text(latex.to_latex(escape=False, column_format="l" + "r" * len(wide.columns)))
+    with atomic_path(long_csv) as tmp:
+        long.to_csv(tmp, index=False)
+    return wide
+
+
+def _markdown(wide: pd.DataFrame) -> str:
+    header = "| metric | " + " | ".join(wide.columns) + " |"
+    rule = "|---|" + "---:|" * len(wide.columns)
+    rows = [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in wide.iterrows()]
+    return "\n".join([header, rule, *rows])

@@ -1,0 +1,24 @@
+from pathlib import Path
+
+from segdiff.dataset import load_slices
+from segdiff.labels import load_label_map
+from segdiff.runtime import run_script
+from segdiff.segmentor import SegmentorConfig, fit_segmentor, save_segmentor
+from segdiff.training import TrainSettings, pick_device, write_history
+
+
+def main():
+    p, modality = snakemake.params, snakemake.wildcards.modality
+    labels = load_label_map(p.labels)
+    slices = load_slices(snakemake.input.manifests, ["train"])
+    config = SegmentorConfig(num_classes=labels.max_id + 1, **p.segmentor["model"])
+    train = dict(p.segmentor["train"])
+    batch_size = train.pop("batch_size")
+    result = fit_segmentor(slices, config, TrainSettings(seed=p.seed, **train), batch_size, p.checkpoint,
+                           pick_device(p.device), desc=f"segmentor {modality}")
+    save_segmentor(snakemake.output.model, result.ema, config, {"modality": modality, "train_slices": len(slices)})
+    write_history(result.history, snakemake.output.loss)
+    Path(p.checkpoint).unlink(missing_ok=True)
+
+
+run_script(snakemake, main)
