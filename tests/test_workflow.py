@@ -241,3 +241,10 @@ def check_table_recomputes(results):
             assert float(table.loc["SSIM ↑", column]) == pytest.approx(ssim, abs=6e-4)
         per_slice = pd.read_csv(results / f"evaluation/{run}/per_slice.csv")
         assert len(per_slice) == len(a["generated"])
+
+
+def test_slurm_profile_plans_gpu_jobs():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "gpu=1" in proc.stdout and "mem_mb=32000" in proc.stdout
