@@ -21,6 +21,10 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
+from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
+from segdiff.errors import InputError
+from segdiff.training import TrainResult, TrainSettings, train
+
 __all__ = [
     "DenoiserConfig", "SchedulerConfig", "SegGuidedDenoiser", "one_hot", "ablate_masks", "make_scheduler",
     "diffusion_loss", "to_model_range", "from_model_range", "fit_diffusion", "save_diffusion", "load_diffusion",
@@ -171,19 +175,17 @@ def fit_diffusion(
     slices,
     denoiser: DenoiserConfig,
     scheduler_config: SchedulerConfig,
-    settings,
+    settings: TrainSettings,
     batch_size: int,
     checkpoint,
     device: torch.device,
     ablation_p: float = 0.0,
     desc: str = "diffusion",
-):
+) -> TrainResult:
     """Train a :class:`SegGuidedDenoiser` on a :class:`~segdiff.dataset.SliceSet` (kept in device memory).
 
     Returns the :class:`~segdiff.training.TrainResult` (EMA model, loss history).
     """
-    from segdiff.training import train
-
     torch.manual_seed(settings.seed)  # weight initialisation
     model = SegGuidedDenoiser(denoiser)
     scheduler = make_scheduler(scheduler_config, "ddpm")
@@ -200,8 +202,6 @@ def fit_diffusion(
 
 def save_diffusion(path, model: SegGuidedDenoiser, scheduler_config: SchedulerConfig, meta: dict) -> None:
     """Write the final model file (EMA weights + what is needed to rebuild and sample) atomically."""
-    from segdiff.checkpoints import MODEL_FORMAT, save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(path, {"state_dict": state, "denoiser": model.config.to_dict(),
                      "scheduler": scheduler_config.to_dict(), "meta": meta}, MODEL_FORMAT, "diffusion")
@@ -209,9 +209,6 @@ def save_diffusion(path, model: SegGuidedDenoiser, scheduler_config: SchedulerCo
 
 def load_diffusion(path, device: torch.device | str = "cpu") -> tuple[SegGuidedDenoiser, SchedulerConfig, dict]:
     """Rebuild a model saved by :func:`save_diffusion` (``weights_only`` loading; foreign files refused)."""
-    from segdiff.checkpoints import MODEL_FORMAT, load_file
-    from segdiff.errors import InputError
-
     payload = load_file(path, MODEL_FORMAT, "diffusion")
     try:
         config = DenoiserConfig(**payload["denoiser"])

@@ -83,8 +83,8 @@ def generate(
             timesteps = torch.full((len(x),), int(t), device=device, dtype=torch.long)
             with autocast:
                 prediction = model(x, timesteps, cond).float()
-            if not stochastic:
-                x, _ = scheduler.step(prediction, int(t), x) if settings.sampler == "ddpm" else scheduler.step(prediction, int(t), x, eta=0.0)
+            if not stochastic:  # DDIM with eta 0: no noise, the whole batch in one step
+                x, _ = scheduler.step(prediction, int(t), x)
             else:
                 kwargs = {"eta": settings.eta} if settings.sampler == "ddim" else {}
                 x = torch.cat([

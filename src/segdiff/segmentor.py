@@ -18,6 +18,7 @@ from torch import nn
 
 from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.errors import InputError
+from segdiff.training import TrainResult, TrainSettings, train
 
 __all__ = ["SegmentorConfig", "build_segmentor", "fit_segmentor", "save_segmentor", "load_segmentor", "predict",
            "bottleneck_features"]
@@ -39,11 +40,9 @@ def build_segmentor(config: SegmentorConfig) -> UNet:
                 strides=tuple(config.strides), num_res_units=config.num_res_units)
 
 
-def fit_segmentor(slices, config: SegmentorConfig, settings, batch_size: int, checkpoint, device: torch.device,
-                  desc: str = "segmentor"):
+def fit_segmentor(slices, config: SegmentorConfig, settings: TrainSettings, batch_size: int, checkpoint,
+                  device: torch.device, desc: str = "segmentor") -> TrainResult:
     """Train on a :class:`~segdiff.dataset.SliceSet` with DiceCE loss (kept in device memory)."""
-    from segdiff.training import train
-
     torch.manual_seed(settings.seed)
     model = build_segmentor(config)
     loss = DiceCELoss(to_onehot_y=True, softmax=True)

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from segdiff.atomic import atomic_path
 from segdiff.checkpoints import CHECKPOINT_FORMAT, load_file, save_file
 
 __all__ = ["TrainSettings", "TrainResult", "train", "pick_device", "warmup_cosine", "write_history"]
@@ -153,9 +155,5 @@ def train(
 
 def write_history(history: list[dict], path: str | Path) -> None:
     """The loss log as CSV (step, loss, lr, images_per_s), written atomically."""
-    import pandas as pd
-
-    from segdiff.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         pd.DataFrame(history, columns=["step", "loss", "lr", "images_per_s"]).to_csv(tmp, index=False)
