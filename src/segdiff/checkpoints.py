@@ -18,7 +18,7 @@ import torch
 from segdiff.atomic import atomic_path
 from segdiff.errors import InputError
 
-__all__ = ["save_file", "load_file", "MODEL_FORMAT", "CHECKPOINT_FORMAT"]
+__all__ = ["save_file", "load_file", "read_torch_file", "MODEL_FORMAT", "CHECKPOINT_FORMAT"]
 
 MODEL_FORMAT = "segdiff-model/1"
 CHECKPOINT_FORMAT = "segdiff-checkpoint/1"
@@ -30,16 +30,22 @@ def save_file(path: str | Path, payload: dict[str, Any], fmt: str, kind: str) ->
         torch.save({"format": fmt, "kind": kind, **payload}, tmp)
 
 
-def load_file(path: str | Path, fmt: str, kind: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a file written by :func:`save_file`, refusing corrupt files, foreign formats and other kinds."""
+def read_torch_file(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors: a missing, corrupt, truncated or
+    unsafe (arbitrary pickle) file raises :class:`InputError` naming ``path`` and ``what`` it should be."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(path, f"not a readable {kind} file (corrupt, truncated or unsafe to load: {reason})") from err
+        raise InputError(path, f"not a readable {what} (corrupt, truncated or unsafe to load: {reason})") from err
+
+
+def load_file(path: str | Path, fmt: str, kind: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a file written by :func:`save_file`, refusing corrupt files, foreign formats and other kinds."""
+    payload = read_torch_file(path, f"{kind} file", map_location)
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise InputError(path, f"not a segdiff {kind} file (format {found!r}, expected {fmt!r})")

@@ -104,6 +104,11 @@ def evaluate_run(
     model, _, _ = load_segmentor(segmentor, device)
     pred_gen, feat_gen = predict(model, generated, device, features=True)
     pred_ref, feat_ref = predict(model, reference.image, device, features=True)
+    # paired runs: the originals are the reference slices (same manifests, same order), read once
+    if paired and np.array_equal(gen["original"], reference.image):
+        pred_orig = pred_ref
+    elif paired:
+        pred_orig = predict(model, gen["original"], device)[0]
     class_ids = labels.ids
     arrays = {
         "generated": generated, "original": gen["original"], "mask": gen["mask"], "case": gen["case"],
@@ -121,7 +126,7 @@ def evaluate_run(
         "psnr": psnr(generated, gen["original"]) if paired else np.nan,
         "ssim": ssim(generated, gen["original"]) if paired else np.nan,
         "dice_gen": dice_per_slice(pred_gen, gen["mask"], class_ids),
-        "dice_orig": dice_per_slice(predict(model, gen["original"], device)[0], gen["mask"], class_ids) if paired else np.nan,
+        "dice_orig": dice_per_slice(pred_orig, gen["mask"], class_ids) if paired else np.nan,
     })
     summary = {
         "label": label, "mode": mode, "n_slices": int(len(generated)), "n_reference": int(len(reference)),

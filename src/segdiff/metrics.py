@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import pickle
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from segdiff.atomic import atomic_path
+from segdiff.checkpoints import read_torch_file
 from segdiff.errors import InputError, SegdiffError
 
 __all__ = [
@@ -390,11 +389,7 @@ _PATCH_LOCK = threading.Lock()
 
 
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(path, f"not a readable Inception weights file (corrupt, truncated or unsafe: {reason})") from err
+    state = read_torch_file(path, "Inception weights file")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(path, f"not an Inception state dict (holds a {type(state).__name__} that is not tensors by name)")
     return state

@@ -20,8 +20,7 @@ from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.errors import InputError
 from segdiff.training import TrainResult, TrainSettings, train
 
-__all__ = ["SegmentorConfig", "build_segmentor", "fit_segmentor", "save_segmentor", "load_segmentor", "predict",
-           "bottleneck_features"]
+__all__ = ["SegmentorConfig", "build_segmentor", "fit_segmentor", "save_segmentor", "load_segmentor", "predict"]
 
 
 @dataclass
@@ -102,6 +101,3 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     feats = torch.cat(captured).double().cpu().numpy() if features else None
     return labels, feats
 
-
-def bottleneck_features(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 128) -> np.ndarray:
-    return predict(model, images, device, batch_size, features=True)[1]

@@ -128,21 +128,21 @@ def run_manifests(wildcards):
     return expand("results/slices/{modality}/{view}/manifest.tsv", modality=modality, view=slice_views(wildcards.view))
 
 
-def _run_labels():
-    """Evaluation run id -> table column, in the poster's order (per model run, then multi-modal)."""
-    labels = {f"{m}_{v}": run_label(m, v) for m, v in MODEL_RUNS}
-    labels.update({f"{s}2{t}_{v}": run_label(t, v, s) for s, t, v in MULTIMODAL_RUNS})
-    return labels
+def _evaluation_runs():
+    """Evaluation run id -> (source modality or None, target modality, view), in the poster's order."""
+    runs = {f"{m}_{v}": (None, m, v) for m, v in MODEL_RUNS}
+    runs.update({f"{s}2{t}_{v}": (s, t, v) for s, t, v in MULTIMODAL_RUNS})
+    return runs
 
 
-RUN_LABELS = _run_labels()
+EVALUATION_RUNS = _evaluation_runs()
+RUN_LABELS = {run: run_label(m, v, s) for run, (s, m, v) in EVALUATION_RUNS.items()}
 
 
 def evaluation_inputs(wildcards):
     """Generations, segmentor and real test slices of the target modality for one evaluation run."""
     run = wildcards.run
-    source, _, rest = run.partition("2") if "2" in run else (None, None, run)
-    modality, view = rest.rsplit("_", 1)
+    source, modality, view = EVALUATION_RUNS[run]
     inputs = {
         "segmentor": f"results/models/segmentor/{modality}.pt",
         "reference": expand("results/slices/{modality}/{view}/manifest.tsv", modality=modality, view=slice_views(view)),
