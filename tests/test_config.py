@@ -4,7 +4,7 @@ import pytest
 import yaml
 from conftest import CONFIG_SCHEMA, REPO
 
-from segdiff.config import load_config, validate_config
+from segdiff.config import coerce_strings, load_config, validate_config
 from segdiff.errors import ConfigError, InputError
 from segdiff.labels import load_label_map, load_remap
 
@@ -61,3 +61,75 @@ def test_label_map_and_remap_tables(tmp_path):
         load_remap(remap, amos)
     with pytest.raises(InputError, match="no_such_map: file not found"):
         load_label_map("no_such_map")
+
+
+# Nested --config overrides: Snakemake reads them with YAML's BaseLoader, so every nested scalar is a string.
+
+def test_override_strings_become_integers_and_numbers():
+    config = validate_config({"preprocess": {"image_size": "64", "ct_window": ["-175", "2.5e2"]},
+                              "diffusion": {"train": {"lr": "1e-3", "steps": "+7", "grad_clip": "1_000"}}}, CONFIG_SCHEMA)
+    assert config["preprocess"]["image_size"] == 64 and type(config["preprocess"]["image_size"]) is int
+    assert config["preprocess"]["ct_window"] == [-175, 250.0]
+    assert config["diffusion"]["train"]["lr"] == pytest.approx(1e-3) and config["diffusion"]["train"]["steps"] == 7
+    assert config["diffusion"]["train"]["grad_clip"] == 1000
+    assert validate_config({"sampling": {"eta": ".5"}}, CONFIG_SCHEMA)["sampling"]["eta"] == 0.5
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("False", False), ("YES", True), ("no", False),
+                                              ("On", True), ("off", False)])
+def test_override_strings_become_booleans_as_yaml_1_1(text, value):
+    config = validate_config({"diffusion": {"train": {"compile": text}}}, CONFIG_SCHEMA)
+    assert config["diffusion"]["train"]["compile"] is value
+
+
+def test_override_strings_become_null_where_the_schema_allows_it():
+    schema = {"type": "object", "properties": {"a": {"type": ["integer", "null"]}, "b": {"type": ["string", "null"]},
+                                               "c": {"type": "null"}}}
+    assert coerce_strings({"a": "null", "b": "null", "c": "~"}, schema) == {"a": None, "b": "null", "c": None}
+    assert coerce_strings({"a": "NULL", "c": ""}, schema) == {"a": None, "c": None}
+
+
+def test_override_nested_lists_and_objects_are_coerced():
+    config = validate_config({"diffusion": {"model": {"channels": ["8", "16"], "attention_levels": ["false", "yes"]}},
+                              "phantom": {"shape": ["48", "40", "24"], "spacing": ["8", "8.5", "12"]},
+                              "segmentor": {"model": {"strides": ["2"]}}}, CONFIG_SCHEMA)
+    assert config["diffusion"]["model"]["channels"] == [8, 16]
+    assert config["diffusion"]["model"]["attention_levels"] == [False, True]
+    assert config["phantom"]["shape"] == [48, 40, 24] and config["phantom"]["spacing"] == [8, 8.5, 12]
+    assert config["segmentor"]["model"]["strides"] == [2]
+    schema = {"type": "array", "prefixItems": [{"type": "integer"}], "items": {"type": "boolean"}}
+    assert coerce_strings(["3", "on", "off"], schema) == [3, True, False]
+    schema = {"type": "object", "additionalProperties": {"type": "number"}}
+    assert coerce_strings({"x": "1.5", "y": "2"}, schema) == {"x": 1.5, "y": 2}
+
+
+def test_override_strings_stay_strings_where_the_schema_wants_strings():
+    config = validate_config({"dataset": {"remap": "1", "labels": "true", "sheet": "null"}, "views": ["axial"]},
+                             CONFIG_SCHEMA)
+    assert config["dataset"]["remap"] == "1" and config["dataset"]["labels"] == "true"
+    assert config["dataset"]["sheet"] == "null" and config["views"] == ["axial"]
+
+
+def test_override_that_cannot_be_coerced_is_named():
+    for value, wanted in (("big", "integer"), ("64.0", "integer"), ("1e3", "integer"), ("", "integer")):
+        with pytest.raises(ConfigError, match=rf"config key 'preprocess.image_size': '{value}' is not of type '{wanted}'"):
+            validate_config({"preprocess": {"image_size": value}}, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=r"config key 'diffusion.train.compile': 'maybe' is not of type 'boolean'"):
+        validate_config({"diffusion": {"train": {"compile": "maybe"}}}, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=r"config key 'diffusion.model.channels.1': 'x' is not of type 'integer'"):
+        validate_config({"diffusion": {"model": {"channels": ["8", "x"]}}}, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=r"config key 'diffusion.train.lr': 'nan' is not of type 'number'"):
+        validate_config({"diffusion": {"train": {"lr": "nan"}}}, CONFIG_SCHEMA)
+
+
+def test_coercion_does_not_modify_the_objects_it_was_given():
+    overrides = {"preprocess": {"image_size": "64"}, "diffusion": {"model": {"channels": ["8", "16"]}}}
+    channels = overrides["diffusion"]["model"]["channels"]
+    schema_text = CONFIG_SCHEMA.read_text()
+    config = {"preprocess": dict(overrides["preprocess"]), "diffusion": overrides["diffusion"]}
+    validate_config(config, CONFIG_SCHEMA)
+    assert config["preprocess"]["image_size"] == 64 and config["diffusion"]["model"]["channels"] == [8, 16]
+    assert overrides == {"preprocess": {"image_size": "64"}, "diffusion": {"model": {"channels": ["8", "16"]}}}
+    assert channels == ["8", "16"] and CONFIG_SCHEMA.read_text() == schema_text
+    unchanged = {"seed": 5, "views": ["axial"]}
+    assert coerce_strings(unchanged, {"type": "object"}) is unchanged
