@@ -1,34 +1,23 @@
-"""Metrics against independent computations: numpy formulas, scipy filters, closed forms, a loopback server."""
+"""Metric formulas against independent computations: numpy formulas, scipy filters, closed forms."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import http.server
-import threading
 
 import numpy as np
 import pytest
-import pytorch_fid.inception as fid_inception
 import torch
-import torchvision
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 import segdiff.metrics as metrics
-from segdiff.errors import InputError
 from segdiff.metrics import (
-    FID_WEIGHTS_NAME,
     DiceAccumulator,
     GaussianStats,
-    InceptionFeatures,
-    WeightsUnavailable,
     dice_per_slice,
     diversity,
-    fetch_inception_weights,
-    find_inception_weights,
+    diversity_ratio,
     frechet_distance,
-    load_inception,
     psnr,
     ssim,
 )
@@ -224,188 +213,6 @@ def test_frechet_distance_matches_closed_forms():
         frechet_distance(a, GaussianStats(4))
 
 
-# --------------------------------------------------------------------------- Inception weights
-
-
-def fid_inception_state_dict():
-    """pytorch-fid's FID Inception architecture, randomly initialised, built the way pytorch-fid does."""
-    torch.manual_seed(0)
-    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
-    net.Mixed_5b = fid_inception.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = fid_inception.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = fid_inception.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = fid_inception.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = fid_inception.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = fid_inception.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = fid_inception.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = fid_inception.FIDInceptionE_1(1280)
-    net.Mixed_7c = fid_inception.FIDInceptionE_2(2048)
-    state = net.state_dict()
-    state["Mixed_7c.branch_pool.bn.running_mean"].uniform_(-1, 1)  # a buffer that differs from its default
-    return state
-
-
-@pytest.fixture(scope="module")
-def fid_weights(tmp_path_factory):
-    state = fid_inception_state_dict()
-    path = tmp_path_factory.mktemp("fid") / FID_WEIGHTS_NAME
-    torch.save(state, path)
-    return path, state
-
-
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    """torch.hub pointed at an empty directory, and any download attempt turned into a failure."""
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("attempted a download")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    return hub
-
-
-@pytest.fixture
-def one_thread():
-    """Inception on one intra-op thread: on a shared 2-core machine two spinning threads are ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_weights_name_is_pytorch_fids():
-    assert FID_WEIGHTS_NAME == "pt_inception-2015-12-05-6726825d.pth"
-
-
-def test_missing_weights_name_where_they_were_looked_for(empty_hub, tmp_path):
-    hub_file = empty_hub / "checkpoints" / FID_WEIGHTS_NAME
-    with pytest.raises(WeightsUnavailable) as err:
-        find_inception_weights()
-    message = str(err.value)
-    assert str(hub_file) in message and "fetch-inception-weights" in message and fid_inception.FID_WEIGHTS_URL in message
-    configured = tmp_path / "elsewhere" / "inception.pth"
-    with pytest.raises(WeightsUnavailable) as err:
-        load_inception(configured)
-    assert str(configured) in str(err.value) and str(hub_file) in str(err.value)
-    assert not configured.exists() and not (empty_hub / "checkpoints").exists()  # nothing created or fetched
-
-
-def test_weights_are_found_in_the_hub_cache(empty_hub):
-    cached = empty_hub / "checkpoints" / FID_WEIGHTS_NAME
-    cached.parent.mkdir()
-    cached.write_bytes(b"x")
-    assert find_inception_weights() == cached
-
-
-def test_load_inception_uses_the_file_and_features_are_2048d(fid_weights, empty_hub, one_thread):
-    path, state = fid_weights
-    hook = fid_inception.load_state_dict_from_url
-    model = load_inception(path)
-    assert fid_inception.load_state_dict_from_url is hook  # pytorch-fid's hook restored
-    assert not model.training and not any(p.requires_grad for p in model.parameters())
-    torch.testing.assert_close(model.blocks[0][0].conv.weight, state["Conv2d_1a_3x3.conv.weight"], rtol=0, atol=0)
-    mixed_7c = model.blocks[3][2]
-    torch.testing.assert_close(mixed_7c.branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(mixed_7c.branch_pool.bn.running_mean, state["Mixed_7c.branch_pool.bn.running_mean"])
-
-    slices = np.random.default_rng(3).random((3, 32, 32)).astype(np.float32)
-    features = InceptionFeatures(model=model, batch_size=2)(slices[:, None])  # (B, 1, H, W), two batches
-    assert features.shape == (3, 2048) and features.dtype == np.float64 and np.isfinite(features).all()
-    with torch.no_grad():
-        direct = model(torch.from_numpy(slices)[:, None].repeat(1, 3, 1, 1))[0].reshape(3, -1).double().numpy()
-    np.testing.assert_allclose(features, direct, rtol=1e-4, atol=1e-6 * np.abs(direct).max())
-    assert np.abs(features[0] - features[1]).max() > 0
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        InceptionFeatures(model=model)(slices * 255)
-
-
-def test_corrupt_or_foreign_weights_are_input_errors(tmp_path, empty_hub):
-    corrupt = tmp_path / "corrupt.pth"
-    corrupt.write_bytes(b"not a torch file at all")
-    foreign = tmp_path / "foreign.pth"
-    torch.save(torch.nn.Linear(2, 2).state_dict(), foreign)
-    not_a_dict = tmp_path / "tensor.pth"
-    torch.save(torch.zeros(3), not_a_dict)
-    for path in (corrupt, foreign, not_a_dict):
-        with pytest.raises(InputError) as err:
-            load_inception(path)
-        assert str(err.value).startswith(f"{path}: ")
-
-
-# --------------------------------------------------------------------------- fetching
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def served(tmp_path, monkeypatch):
-    """A loopback HTTP server for a directory; yields (directory, base URL); shut down afterwards."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "served"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def test_fetch_writes_identical_bytes_atomically(served, tmp_path):
-    root, base = served
-    payload = np.random.default_rng(4).bytes(3 * 2**20 + 17)  # several read chunks
-    (root / "weights.bin").write_bytes(payload)
-    dest = tmp_path / "out" / FID_WEIGHTS_NAME
-    assert fetch_inception_weights(dest, url=f"{base}/weights.bin", timeout=10) == dest
-    assert dest.read_bytes() == payload and dest.stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in dest.parent.iterdir()] == [FID_WEIGHTS_NAME]  # no temp file left
-
-
-def test_fetch_defaults_to_the_hub_cache_and_verifies_hub_hash_names(served, empty_hub, tmp_path):
-    root, base = served
-    payload = b"inception weights stand-in"
-    good = f"w-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
-    (root / good).write_bytes(payload)
-    (root / "w-deadbeef.pth").write_bytes(payload)
-    path = fetch_inception_weights(url=f"{base}/{good}", timeout=10)
-    assert path == empty_hub / "checkpoints" / FID_WEIGHTS_NAME and path.read_bytes() == payload
-    dest = tmp_path / "bad" / "w.pth"
-    with pytest.raises(WeightsUnavailable, match="SHA-256"):
-        fetch_inception_weights(dest, url=f"{base}/w-deadbeef.pth", timeout=10)
-    assert list(dest.parent.iterdir()) == []
-
-
-def test_fetch_http_error_is_clear_and_leaves_nothing(served, tmp_path):
-    _, base = served
-    dest = tmp_path / "out" / FID_WEIGHTS_NAME
-    with pytest.raises(WeightsUnavailable) as err:
-        fetch_inception_weights(dest, url=f"{base}/missing.pth", timeout=10)
-    message = str(err.value)
-    assert "404" in message and f"{base}/missing.pth" in message and str(dest) in message
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
-
-
-def test_fetch_command_line(served, tmp_path, capsys):
-    root, base = served
-    (root / "weights.bin").write_bytes(b"abc")
-    dest = tmp_path / "cli.pth"
-    assert metrics.main(["fetch-inception-weights", "--dest", str(dest), "--url", f"{base}/weights.bin"]) == 0
-    assert dest.read_bytes() == b"abc" and str(dest) in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_:
-        metrics.main(["fetch-inception-weights", "--dest", str(tmp_path / "x.pth"), "--url", f"{base}/nope"])
-    assert exit_.value.code == 1 and "404" in capsys.readouterr().err
-
-
 # --------------------------------------------------------------------------- diversity
 
 
@@ -433,3 +240,46 @@ def test_diversity_constructed_example():
     assert np.isnan(diversity(generated, np.zeros_like(mask))["inside"])
     with pytest.raises(ValueError, match="mask shape"):
         diversity(generated, mask[:1])
+
+
+def test_diversity_ratio_is_zero_for_identical_generations():
+    rng = np.random.default_rng(6)
+    mask = np.zeros((3, 16, 16), np.uint8)
+    mask[:, 4:12, 4:12] = 2
+    one = rng.random((3, 1, 16, 16))
+    oracle = rng.random((3, 5, 16, 16))
+    assert diversity_ratio(np.repeat(one, 4, axis=1), oracle, mask) == 0.0
+
+
+def per_class_renders(mask, k, rng, noise=0.1):
+    """k draws of one noise process around fixed per-class means (the same means for every draw)."""
+    means = np.array([0.2, 0.5, 0.8])
+    return np.clip(means[mask][:, None] + rng.normal(0, noise, (mask.shape[0], k, *mask.shape[1:])), 0, 1)
+
+
+def test_diversity_ratio_of_two_draws_of_the_same_process_is_one():
+    rng = np.random.default_rng(7)
+    mask = np.zeros((4, 32, 32), np.int64)
+    mask[:, 4:20, 6:26] = 1
+    mask[:, 20:28, 10:20] = 2
+    generated, oracle = per_class_renders(mask, 4, rng), per_class_renders(mask, 4, rng)
+    assert not np.array_equal(generated, oracle)
+    assert diversity_ratio(generated, oracle, mask) == pytest.approx(1.0, abs=0.1)
+    # half the noise, half the diversity; a different k' for the oracle is allowed
+    half = per_class_renders(mask, 4, rng, noise=0.05)
+    assert diversity_ratio(half, per_class_renders(mask, 6, rng), mask) == pytest.approx(0.5, abs=0.1)
+
+
+def test_diversity_ratio_nan_cases_and_shape_checks():
+    rng = np.random.default_rng(8)
+    generated = rng.random((2, 3, 8, 8))
+    mask = np.ones((2, 8, 8), np.uint8)
+    constant_oracle = np.full((2, 3, 8, 8), 0.5)
+    assert np.isnan(diversity_ratio(generated, constant_oracle, mask))  # oracle spread 0
+    assert np.isnan(diversity_ratio(generated, rng.random((2, 3, 8, 8)), np.zeros_like(mask)))  # no inside pixel
+    with pytest.raises(ValueError, match="same"):
+        diversity_ratio(generated, rng.random((3, 3, 8, 8)), mask)
+    with pytest.raises(ValueError, match=r"\(N, k, H, W\)"):
+        diversity_ratio(generated[:, 0], rng.random((2, 3, 8, 8)), mask)
+    with pytest.raises(ValueError, match="at least 2"):
+        diversity_ratio(generated, rng.random((2, 1, 8, 8)), mask)

@@ -9,19 +9,29 @@ from conftest import REPO
 CONDA_NAMES = {"torch": "pytorch"}
 
 
+def pins(entries):
+    """{lower-case name: spec without spaces} of requirement strings (pip options such as ``-e ..`` skipped)."""
+    out = {}
+    for dep in entries:
+        if isinstance(dep, str) and not dep.startswith("-"):
+            name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", dep).groups()
+            out[name.lower()] = spec.replace(" ", "")
+    return out
+
+
 def test_conda_env_pins_agree_with_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     env = yaml.safe_load((REPO / "envs/segdiff.yaml").read_text())
-    conda = {}
-    for dep in env["dependencies"]:
-        if isinstance(dep, str):
-            name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", dep).groups()
-            conda[name.lower()] = spec.replace(" ", "")
+    conda = pins(env["dependencies"])
+    # packages that are not on conda-forge are installed by the env's pip section, same pins
+    pip = pins(next((d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d), []))
+    assert not conda.keys() & pip.keys(), f"listed both as conda and pip packages: {sorted(conda.keys() & pip.keys())}"
     for requirement in project["dependencies"]:
         name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", requirement).groups()
         conda_name = CONDA_NAMES.get(name.lower(), name.lower())
-        assert conda_name in conda, f"{name} from pyproject.toml is missing in envs/segdiff.yaml"
-        assert conda[conda_name] == spec.replace(" ", ""), f"{name}: pyproject '{spec}' vs conda '{conda[conda_name]}'"
+        found = conda if conda_name in conda else pip
+        assert conda_name in found, f"{name} from pyproject.toml is missing in envs/segdiff.yaml"
+        assert found[conda_name] == spec.replace(" ", ""), f"{name}: pyproject '{spec}' vs env '{found[conda_name]}'"
 
 
 def test_builtin_tables_are_package_data():

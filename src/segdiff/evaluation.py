@@ -30,9 +30,10 @@ from segdiff.atomic import atomic_path
 from segdiff.dataset import SliceSet
 from segdiff.generation import read_generation
 from segdiff.labels import LabelMap
-from segdiff.metrics import (DiceAccumulator, GaussianStats, InceptionFeatures, WeightsUnavailable, dice_per_slice,
-                             diversity, frechet_distance, psnr, ssim)
+from segdiff.fid_inception import InceptionFeatures
+from segdiff.metrics import DiceAccumulator, GaussianStats, dice_per_slice, diversity, frechet_distance, psnr, ssim
 from segdiff.segmentor import load_segmentor, predict
+from segdiff.weights import WeightsUnavailable
 
 __all__ = ["evaluate_run", "recompute_metrics", "fid_between"]
 

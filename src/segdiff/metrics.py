@@ -1,9 +1,11 @@
-"""Image-quality and segmentation metrics: PSNR, SSIM, Dice, Fréchet (FID) statistics, diversity.
+"""Metric formulas: PSNR, SSIM, Dice, Fréchet distance statistics, diversity.
 
 The numerics come from the reference libraries: :mod:`skimage.metrics` for PSNR/SSIM and
-``pytorch_fid`` for the FID InceptionV3 network and the Fréchet distance formula. This module
-only fixes the conventions (per-slice values, how Dice is averaged, how Inception weights are
-found) and makes the statistics streamable so memory does not grow with the number of slices.
+``pytorch_fid`` for the Fréchet distance formula. This module only fixes the conventions
+(per-slice values, how Dice is averaged) and makes the statistics streamable so memory does not
+grow with the number of slices. Feature extractors live elsewhere: :mod:`segdiff.fid_inception`
+(FID), :mod:`segdiff.poster_inception` (the poster's FID network), :mod:`segdiff.frd` (radiomics);
+the poster authors' protocol is :mod:`segdiff.poster_metrics`.
 
 Conventions
 -----------
@@ -12,33 +14,19 @@ Conventions
   tables never show ``inf``; pass ``cap=None`` to get the raw (possibly infinite) values.
 * Dice is pooled: per class, ``2 * sum(|P ∩ T|) / (sum(|P|) + sum(|T|))`` over all slices, then
   averaged over the classes present in the reference masks.
-* FID weights are never downloaded implicitly; see :func:`find_inception_weights` and
-  :func:`fetch_inception_weights` (also ``python -m segdiff.metrics fetch-inception-weights``).
+* Diversity is the mean per-pixel standard deviation across several generations of one mask;
+  :func:`diversity_ratio` relates it to the spread of a reference ("oracle") generator.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import os
-import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
-import pytorch_fid.inception as fid_inception
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
-from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-from segdiff.atomic import atomic_path
-from segdiff.checkpoints import read_torch_file
-from segdiff.errors import InputError, SegdiffError
 
 __all__ = [
     "PSNR_CAP_DB",
@@ -48,27 +36,12 @@ __all__ = [
     "dice_per_slice",
     "GaussianStats",
     "frechet_distance",
-    "WeightsUnavailable",
-    "FID_WEIGHTS_URL",
-    "FID_WEIGHTS_NAME",
-    "FID_DIMS",
-    "find_inception_weights",
-    "load_inception",
-    "InceptionFeatures",
-    "fetch_inception_weights",
     "diversity",
+    "diversity_ratio",
 ]
 
 PSNR_CAP_DB = 100.0
 """Upper bound applied to per-slice PSNR (identical slices would otherwise give ``inf``)."""
-
-FID_DIMS = 2048
-"""Dimensionality of the InceptionV3 pool3 features used for FID."""
-
-FID_WEIGHTS_NAME = Path(urllib.parse.urlparse(FID_WEIGHTS_URL).path).name
-"""File name of pytorch-fid's Inception weights (``pt_inception-2015-12-05-6726825d.pth``)."""
-
-FETCH_COMMAND = "python -m segdiff.metrics fetch-inception-weights"
 
 
 # --------------------------------------------------------------------------- PSNR / SSIM
@@ -337,244 +310,6 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
         return float(calculate_frechet_distance(a.mean, a.cov, b.mean, b.cov))
 
 
-# --------------------------------------------------------------------------- Inception weights
-
-
-class WeightsUnavailable(SegdiffError):
-    """The FID Inception weights file is missing or could not be fetched.
-
-    The message says where the file was looked for and how to provide it.
-    """
-
-
-def _hub_weights_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_NAME
-
-
-def find_inception_weights(path: str | Path | None = None) -> Path:
-    """Locate the FID Inception weights file without downloading anything.
-
-    Parameters
-    ----------
-    path : str, Path or None
-        Configured location of the weights. If given it must exist (no fallback). If ``None``,
-        the torch hub cache ``<torch.hub.get_dir()>/checkpoints/<FID_WEIGHTS_NAME>`` is used,
-        the place where pytorch-fid itself would have cached it.
-
-    Returns
-    -------
-    Path
-        The existing weights file.
-
-    Raises
-    ------
-    WeightsUnavailable
-        If the file is not there; the message names the configured and the hub locations, the
-        fetch command and the URL.
-    """
-    hub = _hub_weights_path()
-    candidate = Path(path).expanduser() if path is not None else hub
-    if candidate.is_file():
-        return candidate
-    configured = f"configured path {candidate}" if path is not None else "no path configured"
-    dest = f" --dest {candidate}" if path is not None else ""
-    raise WeightsUnavailable(
-        f"FID Inception weights not found ({configured}; torch hub cache {hub}). "
-        f"Fetch them on a machine with internet access with `{FETCH_COMMAND}{dest}` "
-        f"(or download {FID_WEIGHTS_URL} by hand) and put the file at the configured path or in the hub cache."
-    )
-
-
-_PATCH_LOCK = threading.Lock()
-
-
-def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    state = read_torch_file(path, "Inception weights file")
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(path, f"not an Inception state dict (holds a {type(state).__name__} that is not tensors by name)")
-    return state
-
-
-def load_inception(path: str | Path | None = None, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """pytorch-fid's FID InceptionV3 (2048-d pool3 output) with the weights from a local file.
-
-    The network is built by :class:`pytorch_fid.inception.InceptionV3` (``resize_input=True``,
-    ``normalize_input=True``: it expects ``[0, 1]`` RGB). pytorch-fid fetches its weights through
-    ``load_state_dict_from_url``; while the network is built that hook is replaced (under a lock)
-    by one returning the state dict read here with ``weights_only=True``, so nothing is ever
-    downloaded and the strict ``load_state_dict`` of pytorch-fid guarantees that every parameter
-    comes from the file (never random weights).
-
-    Parameters
-    ----------
-    path : str, Path or None
-        Weights file, see :func:`find_inception_weights`.
-    device : str or torch.device
-        Where to put the network.
-
-    Returns
-    -------
-    torch.nn.Module
-        The network in eval mode, parameters frozen.
-
-    Raises
-    ------
-    WeightsUnavailable
-        If the weights file is missing.
-    InputError
-        If the file is corrupt or not the FID Inception weights.
-    """
-    found = find_inception_weights(path)
-    state = _read_state_dict(found)
-
-    def local_weights(url, *args, **kwargs):
-        if url != FID_WEIGHTS_URL:  # pragma: no cover - guards against a changed pytorch-fid
-            raise RuntimeError(f"pytorch-fid asked for unexpected weights {url}")
-        return state
-
-    if not hasattr(fid_inception, "load_state_dict_from_url"):  # pragma: no cover
-        raise RuntimeError("this pytorch-fid version has no load_state_dict_from_url hook; update segdiff.metrics")
-    with _PATCH_LOCK:
-        original = fid_inception.load_state_dict_from_url
-        fid_inception.load_state_dict_from_url = local_weights
-        try:
-            model = InceptionV3(
-                [InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]], resize_input=True, normalize_input=True
-            )
-        except RuntimeError as err:  # missing/unexpected keys, shape mismatches
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(found, f"not the FID Inception weights ({reason})") from err
-        finally:
-            fid_inception.load_state_dict_from_url = original
-    return model.to(device).eval()
-
-
-class InceptionFeatures:
-    """Callable turning gray slices into 2048-d Inception pool3 features.
-
-    Parameters
-    ----------
-    weights : str, Path or None
-        Weights file (see :func:`find_inception_weights`); ignored when ``model`` is given.
-    device : str or torch.device
-        Device to run the network on.
-    batch_size : int
-        Slices per forward pass.
-    model : torch.nn.Module, optional
-        An already loaded network from :func:`load_inception`.
-    """
-
-    dims = FID_DIMS
-
-    def __init__(
-        self,
-        weights: str | Path | None = None,
-        device: str | torch.device = "cpu",
-        batch_size: int = 32,
-        model: torch.nn.Module | None = None,
-    ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.model = (model if model is not None else load_inception(weights, self.device)).to(self.device).eval()
-
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Features of ``(B, H, W)`` or ``(B, 1, H, W)`` slices in ``[0, 1]``.
-
-        Gray values are repeated to three channels. Values outside ``[0, 1]`` by more than
-        1e-3 are refused (a sign of a wrong intensity scale); smaller excursions are clipped.
-
-        Returns
-        -------
-        np.ndarray
-            ``(B, 2048)`` float64.
-        """
-        x = torch.as_tensor(images).detach().to(dtype=torch.float32)
-        if x.ndim == 4 and x.shape[1] == 1:
-            x = x[:, 0]
-        if x.ndim != 3:
-            raise ValueError(f"expected (B, H, W) or (B, 1, H, W) slices, got shape {tuple(x.shape)}")
-        if x.numel() and (not torch.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3):
-            raise ValueError(
-                f"slices must be in [0, 1] for Inception, got range [{x.min().item():.4g}, {x.max().item():.4g}]"
-            )
-        x = x.clamp(0, 1)
-        out = np.empty((x.shape[0], self.dims), dtype=np.float64)
-        for start in range(0, x.shape[0], self.batch_size):
-            batch = x[start : start + self.batch_size].to(self.device)
-            rgb = batch[:, None].expand(-1, 3, -1, -1)
-            feats = self.model(rgb)[0]
-            out[start : start + len(batch)] = feats.reshape(len(batch), -1).double().cpu().numpy()
-        return out
-
-
-def fetch_inception_weights(
-    dest: str | Path | None = None, url: str = FID_WEIGHTS_URL, timeout: float = 60
-) -> Path:
-    """Download the FID Inception weights (the only function here that touches the network).
-
-    The file is streamed to a temporary sibling of ``dest`` and renamed onto it only when
-    complete. If the URL's file name carries a SHA-256 prefix in torch hub's convention
-    (``name-<hex>.ext``, as the default URL does), the download is verified against it.
-
-    Parameters
-    ----------
-    dest : str, Path or None
-        Target file; an existing directory receives ``FID_WEIGHTS_NAME``. Default: the torch
-        hub cache ``<torch.hub.get_dir()>/checkpoints/<FID_WEIGHTS_NAME>``.
-    url : str
-        Source URL (default pytorch-fid's release asset).
-    timeout : float
-        Socket timeout in seconds.
-
-    Returns
-    -------
-    Path
-        Where the weights now are.
-
-    Raises
-    ------
-    WeightsUnavailable
-        On any download failure (HTTP error, unreachable host, truncation, hash mismatch);
-        nothing is left at ``dest``.
-    """
-    dest = _hub_weights_path() if dest is None else Path(dest).expanduser()
-    if dest.is_dir():
-        dest = dest / FID_WEIGHTS_NAME
-    url_name = Path(urllib.parse.urlparse(url).path).name
-    match = torch.hub.HASH_REGEX.search(url_name)
-    hash_prefix = match.group(1) if match and match.group(1) else None
-
-    def fail(problem: str) -> WeightsUnavailable:
-        return WeightsUnavailable(f"could not download {url} to {dest}: {problem}")
-
-    try:
-        with atomic_path(dest) as tmp:
-            digest = hashlib.sha256()
-            received = 0
-            request = urllib.request.Request(url, headers={"User-Agent": "segdiff"})
-            with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
-                expected = response.headers.get("Content-Length")
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-            if expected is not None and expected.isdigit() and received != int(expected):
-                raise fail(f"truncated ({received} of {expected} bytes)")
-            if hash_prefix is not None and not digest.hexdigest().startswith(hash_prefix):
-                raise fail(f"SHA-256 {digest.hexdigest()} does not start with {hash_prefix}")
-            os.chmod(tmp, 0o644)  # public weights; mkstemp's 0600 would hide them in a shared cache
-    except urllib.error.HTTPError as err:
-        raise fail(f"HTTP {err.code} {err.reason}") from err
-    except urllib.error.URLError as err:
-        raise fail(f"{err.reason}") from err
-    except (TimeoutError, OSError) as err:
-        raise fail(str(err) or type(err).__name__) from err
-    return dest
-
-
 # --------------------------------------------------------------------------- diversity
 
 
@@ -619,25 +354,42 @@ def diversity(generated: np.ndarray, mask: np.ndarray, ddof: int = 0) -> dict[st
     return {key: sums[key] / counts[key] if counts[key] else float("nan") for key in sums}
 
 
-# --------------------------------------------------------------------------- command line
+def diversity_ratio(generated: np.ndarray, oracle: np.ndarray, mask: np.ndarray, ddof: int = 0) -> float:
+    """Diversity inside the organs relative to that of a reference generator for the same masks.
 
+    ``diversity(generated, mask)["inside"] / diversity(oracle, mask)["inside"]``: 1 means the
+    model varies its renders inside the organs as much as the oracle (e.g. the phantom renderer
+    with fresh noise), 0 means it always draws the same picture.
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m segdiff.metrics fetch-inception-weights [--dest PATH] [--url URL]``."""
-    parser = argparse.ArgumentParser(prog="python -m segdiff.metrics", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch-inception-weights", help="download the FID Inception weights")
-    fetch.add_argument("--dest", type=Path, default=None, help=f"target file (default: {_hub_weights_path()})")
-    fetch.add_argument("--url", default=FID_WEIGHTS_URL)
-    fetch.add_argument("--timeout", type=float, default=60.0)
-    args = parser.parse_args(argv)
-    try:
-        path = fetch_inception_weights(args.dest, args.url, args.timeout)
-    except WeightsUnavailable as err:
-        parser.exit(1, f"error: {err}\n")
-    print(path)
-    return 0
+    Parameters
+    ----------
+    generated : np.ndarray
+        ``(N, k, H, W)``: ``k >= 2`` generations for each of ``N`` masks.
+    oracle : np.ndarray
+        ``(N, k', H, W)``: ``k' >= 2`` reference renders of the same ``N`` masks (``k'`` may
+        differ from ``k``; with ``ddof=0`` equal counts compare like with like).
+    mask : np.ndarray
+        ``(N, H, W)`` label maps; pixels with ``mask > 0`` are inside organs.
+    ddof : int
+        Delta degrees of freedom of the standard deviations, see :func:`diversity`.
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    Returns
+    -------
+    float
+        The ratio; NaN when the oracle's spread inside the organs is 0 or no pixel is inside.
+    """
+    generated = np.asarray(generated)
+    oracle = np.asarray(oracle)
+    if generated.ndim != 4 or oracle.ndim != 4:
+        raise ValueError(
+            f"expected generations and oracle renders of shape (N, k, H, W), got {generated.shape} and {oracle.shape}"
+        )
+    if (generated.shape[0], *generated.shape[2:]) != (oracle.shape[0], *oracle.shape[2:]):
+        raise ValueError(
+            f"oracle {oracle.shape} does not render the same (N, ., H, W) masks as generated {generated.shape}"
+        )
+    spread = diversity(oracle, mask, ddof)["inside"]
+    own = diversity(generated, mask, ddof)["inside"]
+    if not np.isfinite(spread) or spread == 0:
+        return float("nan")
+    return float(own / spread)

@@ -1,4 +1,4 @@
-from segdiff.metrics import fetch_inception_weights
 from segdiff.runtime import run_script
+from segdiff.weights import KNOWN_WEIGHTS, fetch_weights
 
-run_script(snakemake, lambda: fetch_inception_weights(snakemake.output[0]))
+run_script(snakemake, lambda: fetch_weights(KNOWN_WEIGHTS[snakemake.params.weights].url, snakemake.output[0]))
