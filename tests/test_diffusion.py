@@ -84,21 +84,44 @@ def test_sampling_never_ablates(monkeypatch):
     assert all(torch.equal(c, one_hot(torch.as_tensor(masks), 4)) for c in seen)
 
 
-def test_sampling_does_not_depend_on_batch_size():
+def perturbed_model():
+    """MONAI zero-initialises the UNet's output layer: an untrained model returns the same image for
+    any noise, which would hide seeding bugs. Random weights make every input count."""
     torch.manual_seed(0)
     model = SegGuidedDenoiser(DenoiserConfig(**TINY)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
+    return model
+
+
+#: every sampler setting the schema allows (DDIM with and without step noise, DDPM)
+SAMPLERS = [SamplerSettings(steps=4), SamplerSettings(steps=4, eta=0.5), SamplerSettings(steps=4, eta=1.0),
+            SamplerSettings(sampler="ddpm", steps=4)]
+
+
+@pytest.mark.parametrize("settings", SAMPLERS, ids=lambda s: f"{s.sampler}-eta{s.eta}")
+def test_sampling_does_not_depend_on_batch_size_order_or_neighbours(settings):
+    model = perturbed_model()
     masks = tiny_slices(5).mask
     seeds = [sample_seed(7, "case", i, 0) for i in range(5)]
-    for settings in (SamplerSettings(steps=4), SamplerSettings(sampler="ddpm", steps=4)):
-        results = []
-        for batch_size in (1, 2, 5):
-            settings.batch_size = batch_size
-            results.append(generate(model, SCHED, masks, seeds, 4, settings, torch.device("cpu")))
-        np.testing.assert_allclose(results[0], results[1], atol=1e-5)
-        np.testing.assert_allclose(results[0], results[2], atol=1e-5)
+    results = []
+    for batch_size in (1, 2, 5):
+        settings.batch_size = batch_size
+        results.append(generate(model, SCHED, masks, seeds, 4, settings, torch.device("cpu")))
+    np.testing.assert_allclose(results[0], results[1], atol=1e-5)
+    np.testing.assert_allclose(results[0], results[2], atol=1e-5)
+    # a slice alone, reordered, or among other slices gives the same image
+    order = [3, 1, 4, 0, 2]
+    reordered = generate(model, SCHED, masks[order], [seeds[i] for i in order], 4, settings, torch.device("cpu"))
+    np.testing.assert_allclose(reordered, results[2][order], atol=1e-5)
+    alone = generate(model, SCHED, masks[2:3], seeds[2:3], 4, settings, torch.device("cpu"))
+    np.testing.assert_allclose(alone[0], results[2][2], atol=1e-5)
+    # k generations of one mask (different seeds) differ
+    same_mask = np.repeat(masks[:1], 3, axis=0)
+    k_seeds = [sample_seed(7, "case", 0, j) for j in range(3)]
+    k = generate(model, SCHED, same_mask, k_seeds, 4, settings, torch.device("cpu"))
+    assert np.abs(k[0] - k[1]).mean() > 1e-3 and np.abs(k[1] - k[2]).mean() > 1e-3
     # the noise of a slice is its own: the same whatever other slices are in the batch
     assert torch.equal(initial_noise(seeds[:3], (16, 16))[2], initial_noise(seeds[2:3], (16, 16))[0])
     assert sample_seed(7, "case", 1, 0) != sample_seed(7, "case", 1, 1) != sample_seed(8, "case", 1, 1)

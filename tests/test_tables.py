@@ -4,13 +4,14 @@ import json
 
 import pandas as pd
 
-from segdiff.tables import build_tables, run_label, write_tables
+from segdiff.tables import ROWS, build_tables, run_label, table_notes, write_tables
 
 
 def metrics(label, psnr, fid):
-    return {"label": label, "psnr": psnr, "ssim": 0.5 if psnr else None, "fid": fid, "dice_orig": 0.9, "dice_gen": 0.85,
-            "fd_seg": 1.5, "diversity_inside": 0.01, "diversity_outside": 0.02, "n_slices": 12,
-            "per_organ": {"liver": {"dice_orig": 0.95, "dice_gen": 0.9}}}
+    # a distinct value per row, so a row that shows another key's number is caught
+    values = {key: 0.001 * (i + 1) + 0.1 for i, (key, _, _) in enumerate(ROWS)}
+    return {**values, "label": label, "psnr": psnr, "ssim": 0.5 if psnr else None, "fid": fid, "n_slices": 12, "k": 4,
+            "oracle": True, "per_organ": {"liver": {"dice_orig": 0.95, "dice_gen": 0.9}}}
 
 
 def test_run_labels_follow_the_poster():
@@ -26,13 +27,26 @@ def test_table_layout_and_formats(tmp_path):
         files[-1].write_text(json.dumps(m))
     wide, long = build_tables(files)
     assert list(wide.columns) == ["CT axial", "CT→MRI axial"]
-    assert list(wide.index[:5]) == ["PSNR ↑", "SSIM ↑", "FID ↓", "Dice_orig ↑", "Dice_gen ↑"]
+    assert list(wide.index[:5]) == ["PSNR ↑", "SSIM ↑", "FID ↓", "FRD ↓", "FD_seg ↓ (segmentor features; not FID)"]
+    reference = metrics("x", 1.0, 1.0)
+    for key, name, decimals in ROWS:
+        if key not in ("psnr", "ssim", "fid", "n_slices", "k"):
+            assert wide.loc[name, "CT axial"] == f"{reference[key]:.{decimals}f}", name
     assert wide.loc["PSNR ↑", "CT axial"] == "19.06" and wide.loc["PSNR ↑", "CT→MRI axial"] == "n/a"
     assert wide.loc["FID ↓", "CT axial"] == "n/a" and wide.loc["FID ↓", "CT→MRI axial"] == "75.04"
     assert wide.loc["test slices", "CT axial"] == "12"
     assert long.query("run == 'CT axial' and metric == 'dice_gen:liver'")["value"].item() == 0.9
     out = {k: tmp_path / f"t.{k}" for k in ("csv", "md", "tex", "long")}
     write_tables(files, out["csv"], out["md"], out["tex"], out["long"], notes=["FID n/a: no weights"])
-    assert pd.read_csv(out["csv"], index_col=0).shape == (9, 2)
+    assert pd.read_csv(out["csv"], index_col=0).shape == (len(ROWS), 2)
     assert "FID n/a: no weights" in out["md"].read_text()
     assert r"$\uparrow$" in out["tex"].read_text() and r"CT$\to$MRI" in out["tex"].read_text()
+
+
+def test_notes_say_why_cells_are_missing_and_how_slices_were_chosen(tmp_path):
+    runs = [{**metrics("CT axial", 19.0, None), "fid_note": "weights not found", "fid_poster_note": None, "oracle": False}]
+    files = [tmp_path / "m.json"]
+    files[0].write_text(json.dumps(runs[0]))
+    notes = "\n".join(table_notes(files, max_slices=48))
+    assert "FID n/a: weights not found" in notes and "Oracle rows n/a" in notes
+    assert "at most 48 test slices per run" in notes and "stratified by case and view" in notes

@@ -12,12 +12,15 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.linalg
+import torch
 import yaml
 from conftest import REPO, TOTALSEG, ras_pair, save
 
 from segdiff.diffusion import load_diffusion
 from segdiff.generation import read_generation
 from segdiff.shards import read_shard
+from monai.losses import DiceLoss
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 pytestmark = pytest.mark.workflow
@@ -35,13 +38,27 @@ DATA_ONLY = {"diffusion": {"runs": []}, "sampling": {"multimodal": []}}  # data 
 TINY_MODEL = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4, "num_head_channels": 8}
 
 
+def hermetic_env(workdir: Path) -> dict:
+    """The environment of workflow subprocesses: an empty torch hub (no Inception weights, whatever
+    this machine has cached), so the test means the same on every machine."""
+    torch_home = workdir.parent / f"{workdir.name}-torch-home"
+    torch_home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_HOME": str(torch_home)}
+
+
+def test_workflow_subprocesses_run_this_checkout(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "import segdiff; print(segdiff.__file__)"], capture_output=True,
+                          text=True, env=hermetic_env(tmp_path / "x"), cwd=tmp_path, check=True)
+    assert Path(proc.stdout.strip()).resolve().is_relative_to((REPO / "src").resolve()), proc.stdout
+
+
 def snakemake(workdir: Path, config: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the repository's workflow in ``workdir`` with ``config`` as the only config file."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=hermetic_env(workdir))
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -173,14 +190,18 @@ def test_sheet_row_with_missing_file_stops_before_any_job(tmp_path):
     assert not (tmp_path / "run/results").exists()
 
 
+POSTER_RUNS = ["ct/axial", "ct/all", "mri/axial", "mri/all"]
+
+
 @pytest.mark.parametrize("conditioning", ["concat", "add"])
 def test_whole_study_both_conditioning_modes(phantom_run, conditioning):
-    """train -> sample (reconstruction, multi-inference, CT->MRI) -> evaluate -> table, on the phantom slices above."""
+    """train -> sample (reconstruction, multi-inference, CT->MRI) -> oracle -> evaluate -> table, on the slices above."""
     config = {**TINY,
-              "diffusion": {"runs": ["mri/axial", "ct/all"], "conditioning": conditioning, "model": TINY_MODEL,
-                            "scheduler": {"num_train_timesteps": 20},
+              "diffusion": {"runs": POSTER_RUNS, "conditioning": conditioning, "model": TINY_MODEL,
+                            "scheduler": {"num_train_timesteps": 20, "prediction_type": "v_prediction", "min_snr_gamma": 5},
                             "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}},
-              "sampling": {"steps": 3, "k": 2, "batch_size": 8, "multimodal": ["ct>mri/axial"]}}
+              "sampling": {"steps": 3, "k": 2, "batch_size": 8, "multimodal": ["ct>mri/axial"]},
+              "evaluation": {"max_slices": 12}}
     proc = snakemake(phantom_run, config)  # the slices exist already: only model, sampling and evaluation jobs run
     assert "slice_case" not in proc.stderr.split("Job stats:")[-1].split("Reasons")[0]
     results = phantom_run / "results"
@@ -192,55 +213,103 @@ def test_whole_study_both_conditioning_modes(phantom_run, conditioning):
         recon = read_generation(results / "samples/mri_axial/reconstruction.npz")
         multi = read_generation(results / "samples/mri_axial/multi_inference.npz")
         cross = read_generation(results / "samples/ct2mri_axial/multimodal.npz")
-        every = read_generation(results / "samples/ct_all/reconstruction.npz")
+        every = read_generation(results / "samples/ct_all/multi_inference.npz")
         test_mri = pd.read_csv(results / "slices/mri/axial/manifest.tsv", sep="\t").query("split == 'test'")
-        assert recon["generated"].shape == (int(test_mri["n_slices"].sum()), 1, 16, 16)
+        assert recon["generated"].shape == (min(12, int(test_mri["n_slices"].sum())), 1, 16, 16)
         assert multi["generated"].shape[1] == 2 and not np.array_equal(multi["generated"][:, 0], multi["generated"][:, 1])
-        np.testing.assert_array_equal(recon["mask"], multi["mask"])
+        np.testing.assert_array_equal(recon["generated"][:, 0], multi["generated"][:, 0])  # generation 1 is the reconstruction
+        assert cross["generated"].shape[1] == 2
         assert set(cross["case"]) <= set(pd.read_csv(results / "data/cases.tsv", sep="\t").query("modality == 'ct'")["case"])
-        assert set(every["view"]) == {"axial", "coronal", "sagittal"}
+        assert len(every["case"]) == 12 and set(every["view"]) == {"axial", "coronal", "sagittal"}  # stratified subset
         for arrays in (recon, multi, cross, every):
             assert 0.0 <= arrays["generated"].min() and arrays["generated"].max() <= 1.0
         assert (results / "samples/ct2mri_axial/multimodal.png").stat().st_size > 5_000
+        assert list((results / "oracle/mri/axial").glob("amos_000*.npz"))  # MRI renders of the CT test anatomy
         check_table_recomputes(results)
-        for figure in ("generations", "dice_per_organ", "metrics_by_run", "loss_curves"):
+        for figure in ("generations", "dice_per_organ", "metrics_by_run", "loss_curves", "oracle_vs_generated_ct",
+                       "oracle_vs_generated_mri"):
             assert (results / f"figures/{figure}.png").stat().st_size > 10_000
         if conditioning == "concat":
             snakemake(phantom_run, config, "--report", "report.html")
             assert (phantom_run / "report.html").stat().st_size > 100_000  # figures are embedded
     finally:
-        for sub in ("models", "samples", "figures/loss", "evaluation"):
+        for sub in ("models", "samples", "figures/loss", "evaluation", "oracle"):
             shutil.rmtree(results / sub, ignore_errors=True)
+
+
+def _dice(pred, ref):
+    scores = [2 * np.sum((pred == c) & (ref == c)) / (np.sum(pred == c) + np.sum(ref == c)) for c in range(1, 16) if (ref == c).any()]
+    return np.mean(scores)
+
+
+def _frechet(a, b):
+    mu_a, mu_b, cov_a, cov_b = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+
+
+def _frd(real, generated):
+    """FRDv1 as frd-score defines it: z-score by the real set, drop non-finite columns, log of the Fréchet distance."""
+    mu, sd = real.mean(0), real.std(0)
+    a, b = (real - mu) / sd, (generated - mu) / sd
+    keep = np.isfinite(a).all(0) & np.isfinite(b).all(0)
+    return np.log(_frechet(a[:, keep].astype(np.float32).astype(np.float64), b[:, keep].astype(np.float32).astype(np.float64)))
+
+
+def _poster_dice(pred, ref):
+    onehot = lambda x: torch.nn.functional.one_hot(torch.as_tensor(x, dtype=torch.long), 16).permute(0, 3, 1, 2).float()
+    loss = DiceLoss(include_background=True, to_onehot_y=False, softmax=False)
+    return np.mean([1 - loss(onehot(p[None]), onehot(r[None])).item() for p, r in zip(pred, ref)])
 
 
 def check_table_recomputes(results):
     """Every number of the table comes back from the saved arrays, computed independently here."""
     table = pd.read_csv(results / "table.csv", index_col=0, dtype=str, keep_default_na=False)
-    assert list(table.columns) == ["MRI axial", "CT", "CT→MRI axial"]
-    assert list(table.index[:6]) == ["PSNR ↑", "SSIM ↑", "FID ↓", "Dice_orig ↑", "Dice_gen ↑",
-                                     "FD_seg ↓ (segmentor features; not FID)"]
+    assert list(table.columns) == ["CT axial", "CT", "MRI axial", "MRI", "CT→MRI axial"]
+    assert list(table.index[:5]) == ["PSNR ↑", "SSIM ↑", "FID ↓", "FRD ↓", "FD_seg ↓ (segmentor features; not FID)"]
     assert table.loc["PSNR ↑", "CT→MRI axial"] == "n/a" and table.loc["SSIM ↑", "CT→MRI axial"] == "n/a"
-    assert (table.loc["FID ↓"] == "n/a").all()  # no Inception weights offline
+    assert (table.loc["FID ↓"] == "n/a").all() and (table.loc["FID (poster protocol)"] == "n/a").all()  # empty torch hub
     assert "FID n/a" in (results / "table.md").read_text()
-    for run, column in (("mri_axial", "MRI axial"), ("ct_all", "CT"), ("ct2mri_axial", "CT→MRI axial")):
+
+    def cell(row, column):
+        return float(table.loc[row, column])
+
+    for run, column in (("ct_axial", "CT axial"), ("ct_all", "CT"), ("mri_axial", "MRI axial"), ("mri_all", "MRI"),
+                        ("ct2mri_axial", "CT→MRI axial")):
         a = dict(np.load(results / f"evaluation/{run}/arrays.npz"))
-
-        def dice(pred, ref):
-            scores = [2 * np.sum((pred == c) & (ref == c)) / (np.sum(pred == c) + np.sum(ref == c))
-                      for c in range(1, 16) if (ref == c).any()]
-            return np.mean(scores)
-
-        assert float(table.loc["Dice_gen ↑", column]) == pytest.approx(dice(a["pred_generated"], a["mask"]), abs=6e-4)
-        assert float(table.loc["Dice_orig ↑", column]) == pytest.approx(dice(a["pred_reference"], a["reference_mask"]), abs=6e-4)
-        assert int(table.loc["test slices", column]) == len(a["generated"])
+        gen, oracle = a["generated"], a["oracle"]
+        assert cell("Dice_gen ↑", column) == pytest.approx(_dice(a["pred_generated"], a["mask"]), abs=6e-4)
+        assert cell("Dice_orig ↑", column) == pytest.approx(_dice(a["pred_reference"], a["reference_mask"]), abs=6e-4)
+        assert cell("Dice_oracle (segmentor on oracle renders)", column) == pytest.approx(_dice(a["pred_oracle"], a["mask"]), abs=6e-4)
+        ratio = _dice(a["pred_generated"], a["mask"]) / _dice(a["pred_reference"], a["reference_mask"])
+        assert cell("Dice_gen / Dice_orig (goal 0.8–1.05)", column) == pytest.approx(ratio, abs=6e-4)
+        inside = a["mask"] > 0
+        div_gen, div_oracle = gen.std(axis=1)[inside].mean(), oracle.std(axis=1)[inside].mean()
+        assert cell("Diversity of the k generations (std inside organs)", column) == pytest.approx(div_gen, abs=6e-5)
+        assert cell("Diversity of k oracle renders (std inside organs)", column) == pytest.approx(div_oracle, abs=6e-5)
+        assert cell("Diversity ratio, generations / oracle (goal 0.5–1.5)", column) == pytest.approx(div_gen / div_oracle, abs=6e-4)
+        for name, key in (("FD_seg ↓ (segmentor features; not FID)", "generated"), ("FD_seg oracle floor", "oracle")):
+            assert cell(name, column) == pytest.approx(_frechet(a[f"features_{key}"], a["features_reference"]), rel=1e-3, abs=6e-4)
+        for name, key in (("FRD ↓", "generated"), ("FRD oracle floor", "oracle")):
+            assert cell(name, column) == pytest.approx(_frd(a["radiomics_reference"], a[f"radiomics_{key}"]), rel=1e-3, abs=6e-4)
+        assert cell("Dice_gen (poster protocol)", column) == pytest.approx(_poster_dice(a["pred_generated"], a["mask"]), abs=6e-4)
+        assert cell("Dice_orig (poster protocol)", column) == pytest.approx(
+            _poster_dice(a["pred_reference"], a["reference_mask"]), abs=6e-4)
+        assert int(table.loc["test slices", column]) == len(gen) and int(table.loc["generations per mask (k)", column]) == 2
         if column != "CT→MRI axial":
-            psnr = np.mean([min(100.0, peak_signal_noise_ratio(o, g, data_range=1.0)) for o, g in zip(a["original"], a["generated"])])
+            for name, images in (("PSNR ↑", gen[:, 0]), ("PSNR of an oracle render (a second scan)", oracle[:, 0])):
+                psnr = np.mean([min(100.0, peak_signal_noise_ratio(o, g, data_range=1.0)) for o, g in zip(a["original"], images)])
+                assert cell(name, column) == pytest.approx(psnr, abs=6e-3)
             ssim = np.mean([structural_similarity(o, g, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                                                  use_sample_covariance=False) for o, g in zip(a["original"], a["generated"])])
-            assert float(table.loc["PSNR ↑", column]) == pytest.approx(psnr, abs=6e-3)
-            assert float(table.loc["SSIM ↑", column]) == pytest.approx(ssim, abs=6e-4)
+                                                  use_sample_covariance=False) for o, g in zip(a["original"], gen[:, 0])])
+            assert cell("SSIM ↑", column) == pytest.approx(ssim, abs=6e-4)
+            # poster protocol: 8-bit images, generations rounded, originals min-max stretched (save_image)
+            g8 = np.round(gen[:, 0] * 255).astype(np.uint8)
+            o8 = [np.clip((o - o.min()) / (o.max() - o.min()) * 255 + 0.5, 0, 255).astype(np.uint8) for o in a["original"]]
+            psnr8 = np.mean([peak_signal_noise_ratio(o, g, data_range=255) for o, g in zip(o8, g8)])
+            assert cell("PSNR (poster protocol)", column) == pytest.approx(psnr8, abs=6e-3)
         per_slice = pd.read_csv(results / f"evaluation/{run}/per_slice.csv")
-        assert len(per_slice) == len(a["generated"])
+        assert len(per_slice) == len(gen)
 
 
 def test_slurm_profile_plans_gpu_jobs():

@@ -27,7 +27,7 @@ from segdiff.training import TrainResult, TrainSettings, train
 
 __all__ = [
     "DenoiserConfig", "SchedulerConfig", "SegGuidedDenoiser", "one_hot", "ablate_masks", "make_scheduler",
-    "diffusion_loss", "to_model_range", "from_model_range", "fit_diffusion", "save_diffusion", "load_diffusion",
+    "diffusion_loss", "min_snr_weights", "to_model_range", "from_model_range", "fit_diffusion", "save_diffusion", "load_diffusion",
 ]
 
 Conditioning = Literal["concat", "add"]
@@ -59,6 +59,7 @@ class SchedulerConfig:
     beta_start: float = 0.0001
     beta_end: float = 0.02
     prediction_type: PredictionType = "sample"
+    min_snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023); 0: plain MSE
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -143,6 +144,26 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
+def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023) for the scheduler's prediction type.
+
+    With SNR(t) = alpha_bar / (1 - alpha_bar): ``min(SNR, gamma) / SNR`` for epsilon,
+    ``min(SNR, gamma) / (SNR + 1)`` for v and ``min(SNR, gamma)`` for sample prediction: the
+    x0-space weight min(SNR, gamma) expressed in the loss of each target. Low-noise steps, which
+    dominate a plain epsilon/v loss without teaching much, are down-weighted.
+    """
+    alpha_bar = scheduler.alphas_cumprod.to(t.device)[t].double()
+    snr = (alpha_bar / (1 - alpha_bar)).clamp(min=1e-12)
+    clipped = snr.clamp(max=gamma)
+    if scheduler.prediction_type == "epsilon":
+        weight = clipped / snr
+    elif scheduler.prediction_type == "v_prediction":
+        weight = clipped / (snr + 1)
+    else:
+        weight = clipped
+    return weight.float()
+
+
 def diffusion_loss(
     model: nn.Module,
     scheduler: DDPMScheduler,
@@ -151,8 +172,10 @@ def diffusion_loss(
     num_classes: int,
     generator: torch.Generator,
     ablation_p: float = 0.0,
+    min_snr_gamma: float = 0.0,
 ) -> torch.Tensor:
-    """MSE between the network output and the target of the scheduler's prediction type.
+    """MSE between the network output and the target of the scheduler's prediction type,
+    weighted per sample by min-SNR-gamma when ``min_snr_gamma > 0``.
 
     ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, H, W) integer labels.
     """
@@ -168,7 +191,10 @@ def diffusion_loss(
         target = x0
     else:
         target = scheduler.get_velocity(x0, noise, t)
-    return F.mse_loss(prediction.float(), target.float())
+    if min_snr_gamma <= 0:
+        return F.mse_loss(prediction.float(), target.float())
+    per_sample = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(scheduler, t, min_snr_gamma)).mean()
 
 
 def fit_diffusion(
@@ -195,7 +221,9 @@ def fit_diffusion(
 
     def loss_fn(net, generator):
         index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
-        return diffusion_loss(net, scheduler, images[index], masks[index], denoiser.num_classes, generator, ablation_p), batch_size
+        loss = diffusion_loss(net, scheduler, images[index], masks[index], denoiser.num_classes, generator, ablation_p,
+                              scheduler_config.min_snr_gamma)
+        return loss, batch_size
 
     return train(model, loss_fn, settings, checkpoint, device, kind="diffusion", desc=desc)
 

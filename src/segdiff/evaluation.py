@@ -1,25 +1,34 @@
-"""Evaluation of one run: PSNR, SSIM, FID, FD_seg, Dice_orig, Dice_gen, diversity.
+"""Evaluation of one run: the strict metrics, their oracle floors and the poster's protocol.
 
 Definitions (also in the README):
 
-- PSNR / SSIM: generated vs the original slice the mask came from (data range 1.0, Gaussian
-  window sigma 1.5), averaged over slices; ``n/a`` for multi-modal runs (no paired original).
+- PSNR / SSIM: generation 1 of each mask vs the original slice the mask came from (data range
+  1.0, Gaussian window sigma 1.5), averaged over slices; ``n/a`` for multi-modal runs.
 - Dice: per organ over the pooled slices, then the mean over organs present in the reference
   masks. Dice_orig = the target modality's segmentor on that modality's real test slices (upper
-  bound); Dice_gen = the segmentor on the generated slices vs the masks they came from.
-- FID: pytorch-fid InceptionV3 pool features (2048-d), generated vs real test slices of the
-  target modality; ``n/a`` with the reason when the Inception weights are absent.
-- FD_seg: Fréchet distance in the segmentor's bottleneck feature space (pooled), same sets;
-  always available offline, not comparable to FID.
-- Diversity: mean per-pixel std over the k multi-inference generations, inside / outside organs.
+  bound); Dice_gen = the segmentor on the generations vs the masks they came from;
+  Dice_oracle = the segmentor on oracle renders of the same masks (what a perfect generator
+  scores). Dice_gen / Dice_orig should lie in [0.8, 1.05]: above 1.05 the generations are
+  *easier* than real scans, a sign of regression to the mean.
+- FID (pytorch-fid InceptionV3), FRD (radiomics, frd-score) and FD_seg (segmentor bottleneck):
+  Fréchet distances of generated vs real test slices of the target modality; each next to its
+  *oracle floor*, the same distance for oracle renders vs the real slices.
+- Diversity ratio: per-pixel std across the k generations of each mask divided by the per-pixel
+  std across k oracle renders of the same masks, inside organs (goal 0.5-1.5; 0 for a model that
+  returns one image per mask).
+- Poster protocol (:mod:`segdiff.poster_metrics`): the poster authors' eval.py definitions, for a
+  number-for-number comparison with the poster's table.
 
-Everything is recomputable from ``arrays.npz`` (see :func:`recompute_metrics`).
+Oracle quantities need oracle renders, which only the phantom has; elsewhere they are ``n/a``.
+Everything is recomputable from ``arrays.npz`` (:func:`recompute_metrics`); memory is
+O(``evaluation.max_slices`` x k).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +36,35 @@ import pandas as pd
 import torch
 
 from segdiff.atomic import atomic_path
-from segdiff.dataset import SliceSet
-from segdiff.generation import read_generation
-from segdiff.labels import LabelMap
+from segdiff.dataset import SliceSet, load_slices
 from segdiff.fid_inception import InceptionFeatures
+from segdiff.frd import frd_from_features, radiomics_features
+from segdiff.generation import read_generation
+from segdiff.labels import LabelMap, load_label_map
 from segdiff.metrics import DiceAccumulator, GaussianStats, dice_per_slice, diversity, frechet_distance, psnr, ssim
+from segdiff.oracle import gather_oracle
+from segdiff.poster_inception import PosterInceptionFeatures
+from segdiff.poster_metrics import poster_dice, poster_psnr, poster_ssim
 from segdiff.segmentor import load_segmentor, predict
+from segdiff.training import pick_device
 from segdiff.weights import WeightsUnavailable
 
-__all__ = ["evaluate_run", "recompute_metrics", "fid_between"]
+__all__ = ["evaluate_run", "recompute_metrics", "evaluation_job", "METRIC_KEYS"]
 
 log = logging.getLogger(__name__)
+
+#: every number :func:`recompute_metrics` returns (None where it cannot exist)
+METRIC_KEYS = (
+    "psnr", "ssim", "fid", "frd", "fd_seg", "dice_orig", "dice_gen", "dice_ratio", "diversity_ratio", "diversity_gen",
+    "diversity_oracle", "psnr_oracle", "ssim_oracle", "fid_oracle", "frd_oracle", "fd_seg_oracle", "dice_oracle",
+    "psnr_poster", "ssim_poster", "fid_poster", "dice_orig_poster", "dice_gen_poster",
+)
+
+#: feature sets saved in the arrays: name -> extractor factory (weights path, device) -> callable
+_FEATURES: dict[str, Callable] = {
+    "fid": lambda weights, device: InceptionFeatures(weights=weights or None, device=device),
+    "fid_poster": lambda weights, device: PosterInceptionFeatures(weights=weights or None, device=device),
+}
 
 
 def _stats(features: np.ndarray) -> GaussianStats:
@@ -47,38 +74,76 @@ def _stats(features: np.ndarray) -> GaussianStats:
     return stats
 
 
-def fid_between(generated: np.ndarray, real: np.ndarray, weights: str | None, device: torch.device,
-                batch_size: int = 32) -> tuple[float | None, str]:
-    """FID with pytorch-fid's InceptionV3, streamed batch by batch; (None, reason) without weights."""
-    try:
-        inception = InceptionFeatures(weights=weights or None, device=device, batch_size=batch_size)
-    except WeightsUnavailable as err:
-        return None, str(err)
-    stats = []
-    for images in (generated, real):
-        s = GaussianStats(2048)
-        for start in range(0, len(images), batch_size):
-            s.update(inception(images[start : start + batch_size]))
-        stats.append(s)
-    if min(s.n for s in stats) < 2:
-        return None, "fewer than 2 slices"
-    return frechet_distance(*stats), "pytorch-fid InceptionV3, 2048-d pool features"
+def _fd(arrays: dict, name: str, which: str) -> float | None:
+    """Fréchet distance of ``{name}_{which}`` vs ``{name}_reference`` features, None if absent."""
+    a, b = arrays.get(f"{name}_{which}"), arrays.get(f"{name}_reference")
+    if a is None or b is None or min(len(a), len(b)) < 2:
+        return None
+    if name == "radiomics":
+        return frd_from_features(b, a)  # the real slices are FRD's normalisation reference
+    return frechet_distance(_stats(a), _stats(b))
 
 
-def recompute_metrics(arrays: dict, class_ids: list[int]) -> dict:
-    """The headline numbers from the saved arrays alone (no model needed)."""
+def _dice(prediction: np.ndarray, target: np.ndarray, class_ids: list[int]) -> DiceAccumulator:
+    acc = DiceAccumulator(class_ids)
+    acc.update(prediction, target)
+    return acc
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or not b else float(a / b)
+
+
+def recompute_metrics(arrays: dict, class_ids: list[int], num_classes: int) -> dict:
+    """Every number of the table from the saved arrays alone (no model needed)."""
     paired = bool(arrays["paired"])
-    dice_gen, dice_orig = DiceAccumulator(class_ids), DiceAccumulator(class_ids)
-    dice_gen.update(arrays["pred_generated"], arrays["mask"])
-    dice_orig.update(arrays["pred_reference"], arrays["reference_mask"])
+    generated, mask = arrays["generated"], arrays["mask"]
+    oracle = arrays.get("oracle")
+    first = generated[:, 0]
+    dice_gen = _dice(arrays["pred_generated"], mask, class_ids)
+    dice_orig = _dice(arrays["pred_reference"], arrays["reference_mask"], class_ids)
+    dice_oracle = _dice(arrays["pred_oracle"], mask, class_ids) if oracle is not None else None
+    div_gen = diversity(generated, mask)["inside"] if generated.shape[1] > 1 else None
+    div_oracle = diversity(oracle, mask)["inside"] if oracle is not None and oracle.shape[1] > 1 else None
     out = {
-        "dice_gen": dice_gen.mean(), "dice_orig": dice_orig.mean(),
-        "fd_seg": frechet_distance(_stats(arrays["features_generated"]), _stats(arrays["features_reference"])),
-        "psnr": float(np.mean(psnr(arrays["generated"], arrays["original"]))) if paired else None,
-        "ssim": float(np.mean(ssim(arrays["generated"], arrays["original"]))) if paired else None,
+        "psnr": float(np.mean(psnr(first, arrays["original"]))) if paired else None,
+        "ssim": float(np.mean(ssim(first, arrays["original"]))) if paired else None,
+        "fid": _fd(arrays, "fid", "generated"), "frd": _fd(arrays, "radiomics", "generated"),
+        "fd_seg": _fd(arrays, "features", "generated"),
+        "dice_orig": dice_orig.mean(), "dice_gen": dice_gen.mean(),
+        "diversity_gen": div_gen, "diversity_oracle": div_oracle, "diversity_ratio": _ratio(div_gen, div_oracle),
+        "psnr_oracle": float(np.mean(psnr(oracle[:, 0], arrays["original"]))) if paired and oracle is not None else None,
+        "ssim_oracle": float(np.mean(ssim(oracle[:, 0], arrays["original"]))) if paired and oracle is not None else None,
+        "fid_oracle": _fd(arrays, "fid", "oracle"), "frd_oracle": _fd(arrays, "radiomics", "oracle"),
+        "fd_seg_oracle": _fd(arrays, "features", "oracle"),
+        "dice_oracle": dice_oracle.mean() if dice_oracle is not None else None,
+        "psnr_poster": float(np.nanmean(poster_psnr(first, arrays["original"]))) if paired else None,
+        "ssim_poster": float(np.nanmean(poster_ssim(first, arrays["original"]))) if paired else None,
+        "fid_poster": _fd(arrays, "fid_poster", "generated"),
+        "dice_orig_poster": float(np.mean(poster_dice(arrays["pred_reference"], arrays["reference_mask"], num_classes))),
+        "dice_gen_poster": float(np.mean(poster_dice(arrays["pred_generated"], mask, num_classes))),
         "dice_gen_per_class": dice_gen.per_class(), "dice_orig_per_class": dice_orig.per_class(),
+        "dice_oracle_per_class": dice_oracle.per_class() if dice_oracle is not None else {},
     }
+    out["dice_ratio"] = _ratio(out["dice_gen"], out["dice_orig"])
     return out
+
+
+def _inception_features(arrays: dict, sets: dict[str, np.ndarray], weights: dict[str, str | None],
+                        device: torch.device) -> dict[str, str]:
+    """Add ``{name}_{set}`` features of every extractor whose weights exist; returns name -> why it is
+    n/a (None when it is there)."""
+    notes = {}
+    for name, factory in _FEATURES.items():
+        try:
+            extractor = factory(weights.get(name), device)
+        except WeightsUnavailable as err:
+            notes[name] = str(err)
+            continue
+        for which, images in sets.items():
+            arrays[f"{name}_{which}"] = np.concatenate([extractor(images[s : s + 64]) for s in range(0, len(images), 64)])
+        notes[name] = None
+    return notes
 
 
 def evaluate_run(
@@ -89,55 +154,60 @@ def evaluate_run(
     labels: LabelMap,
     device: torch.device,
     out_dir: str | Path,
-    multi_inference: str | Path | None = None,
+    oracle: Sequence[str | Path] = (),
     inception_weights: str | None = None,
+    poster_inception_weights: str | None = None,
 ) -> dict:
     """Evaluate one run and write ``arrays.npz``, ``per_slice.csv`` and ``metrics.json`` into ``out_dir``.
 
-    ``generation`` is a reconstruction or multi-modal ``.npz``; ``reference`` the real test slices
-    of the target modality (same views); ``multi_inference`` (optional) feeds the diversity.
+    ``generation`` is a multi-inference or multi-modal ``.npz`` (k generations per mask; the
+    first one is the reconstruction); ``reference`` the real test slices of the target modality
+    (for paired runs, the same slices as the generation's originals); ``oracle`` the oracle
+    files of the masks' cases (phantom only; empty elsewhere).
     """
     out_dir = Path(out_dir)
     gen = read_generation(generation)
     mode = gen["info"]["mode"]
     paired = mode != "multimodal"
-    generated = gen["generated"][:, 0]
+    generated = gen["generated"]
+    if paired and not np.array_equal(gen["original"], reference.image):
+        raise ValueError(f"{generation}: its originals are not the reference slices (different subsets?)")
     model, _, _ = load_segmentor(segmentor, device)
-    pred_gen, feat_gen = predict(model, generated, device, features=True)
-    pred_ref, feat_ref = predict(model, reference.image, device, features=True)
-    # paired runs: the originals are the reference slices (same manifests, same order), read once
-    if paired and np.array_equal(gen["original"], reference.image):
-        pred_orig = pred_ref
-    elif paired:
-        pred_orig = predict(model, gen["original"], device)[0]
-    class_ids = labels.ids
     arrays = {
         "generated": generated, "original": gen["original"], "mask": gen["mask"], "case": gen["case"],
-        "slice": gen["slice"], "view": gen["view"], "pred_generated": pred_gen, "features_generated": feat_gen,
-        "reference_image": reference.image, "reference_mask": reference.mask, "pred_reference": pred_ref,
-        "features_reference": feat_ref, "paired": np.bool_(paired),
+        "slice": gen["slice"], "view": gen["view"], "reference_image": reference.image,
+        "reference_mask": reference.mask, "paired": np.bool_(paired),
     }
-    metrics = recompute_metrics(arrays, class_ids)
-    fid, fid_note = fid_between(generated, reference.image, inception_weights, device)
-    if fid is None:
-        log.warning("%s: FID n/a: %s", label, fid_note)
-    div = diversity(read_generation(multi_inference)["generated"], gen["mask"]) if multi_inference else None
+    sets = {"generated": generated[:, 0], "reference": reference.image}
+    if len(oracle):
+        arrays["oracle"] = gather_oracle(oracle, gen["case"], gen["view"], gen["slice"], gen["mask"],
+                                         ignore=gen["info"].get("classes_set_to_background", []))
+        sets["oracle"] = arrays["oracle"][:, 0]
+    for which, images in sets.items():
+        arrays[f"pred_{which}"], arrays[f"features_{which}"] = predict(model, images, device, features=True)
+        arrays[f"radiomics_{which}"] = radiomics_features(images)
+    notes = _inception_features(arrays, sets, {"fid": inception_weights, "fid_poster": poster_inception_weights}, device)
+    for name, note in notes.items():
+        if note:
+            log.warning("%s: %s n/a: %s", label, name, note)
+    class_ids = labels.ids
+    metrics = recompute_metrics(arrays, class_ids, labels.max_id + 1)
     per_slice = pd.DataFrame({
         "case": gen["case"], "view": gen["view"], "slice": gen["slice"],
-        "psnr": psnr(generated, gen["original"]) if paired else np.nan,
-        "ssim": ssim(generated, gen["original"]) if paired else np.nan,
-        "dice_gen": dice_per_slice(pred_gen, gen["mask"], class_ids),
-        "dice_orig": dice_per_slice(pred_orig, gen["mask"], class_ids) if paired else np.nan,
+        "psnr": psnr(generated[:, 0], gen["original"]) if paired else np.nan,
+        "ssim": ssim(generated[:, 0], gen["original"]) if paired else np.nan,
+        "dice_gen": dice_per_slice(arrays["pred_generated"], gen["mask"], class_ids),
+        "dice_orig": dice_per_slice(arrays["pred_reference"], gen["mask"], class_ids) if paired else np.nan,
+        "dice_oracle": dice_per_slice(arrays["pred_oracle"], gen["mask"], class_ids) if len(oracle) else np.nan,
     })
     summary = {
-        "label": label, "mode": mode, "n_slices": int(len(generated)), "n_reference": int(len(reference)),
-        "psnr": metrics["psnr"], "ssim": metrics["ssim"], "fid": fid, "fid_note": fid_note,
-        "dice_orig": metrics["dice_orig"], "dice_gen": metrics["dice_gen"], "fd_seg": metrics["fd_seg"],
-        "diversity_inside": div["inside"] if div else None, "diversity_outside": div["outside"] if div else None,
-        "per_organ": {labels.names[c]: {"dice_orig": metrics["dice_orig_per_class"].get(c),
-                                        "dice_gen": metrics["dice_gen_per_class"].get(c)} for c in class_ids
-                      if c in metrics["dice_orig_per_class"] or c in metrics["dice_gen_per_class"]},
-        "generation": str(generation), "segmentor": str(segmentor),
+        "label": label, "mode": mode, "n_slices": int(len(generated)), "k": int(generated.shape[1]),
+        "n_reference": int(len(reference)), "oracle": bool(len(oracle)),
+        **{key: metrics[key] for key in METRIC_KEYS},
+        "fid_note": notes["fid"], "fid_poster_note": notes["fid_poster"],
+        "per_organ": {labels.names[c]: {kind: metrics[f"{kind}_per_class"].get(c) for kind in ("dice_orig", "dice_gen", "dice_oracle")}
+                      for c in class_ids if c in metrics["dice_orig_per_class"] or c in metrics["dice_gen_per_class"]},
+        "generation": str(generation), "segmentor": str(segmentor), "oracle_files": [str(f) for f in oracle],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "arrays.npz") as tmp:
@@ -147,3 +217,13 @@ def evaluate_run(
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
+
+
+def evaluation_job(label: str, generation: str, segmentor: str, reference_manifests: Sequence[str], oracle: Sequence[str],
+                   labels: str, device: str, max_slices: int, seed: int, out_dir: str | Path,
+                   inception_weights: str = "", poster_inception_weights: str = "") -> dict:
+    """The workflow's evaluation job: the real test subset the samplers used, then :func:`evaluate_run`."""
+    reference = load_slices(reference_manifests, ["test"]).subset(max_slices, seed)
+    return evaluate_run(label, generation, segmentor, reference, load_label_map(labels), pick_device(device), out_dir,
+                        oracle=oracle, inception_weights=inception_weights or None,
+                        poster_inception_weights=poster_inception_weights or None)

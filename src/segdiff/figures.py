@@ -325,3 +325,9 @@ def metrics_by_run_figure(metrics: list[dict], out: str | Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
+
+
+def oracle_figure_from_evaluation(arrays: str | Path, labels: LabelMap, out: str | Path, title: str) -> None:
+    """:func:`oracle_vs_generated_figure` of one evaluated run (its ``arrays.npz``)."""
+    with np.load(arrays) as z:
+        oracle_vs_generated_figure(z["oracle"], z["generated"], z["mask"], labels, out, title)

@@ -1,9 +1,12 @@
 """The three generation experiments of the study, and their output files.
 
 - ``reconstruction``: one generation per test mask of the model's own modality;
-- ``multi_inference``: ``k`` generations per test mask;
-- ``multimodal``: the test masks of another modality (e.g. CT) through this model (e.g. MRI);
-  organs the model never saw in training (``meta["classes_seen"]``) become background first.
+- ``multi_inference``: ``k`` generations per test mask. Generation 1 of every mask has the seed
+  a reconstruction would use, so the workflow samples once and writes the reconstruction file
+  from it (``reconstruction=`` of :func:`run_generation`) instead of sampling the same thing twice;
+- ``multimodal``: ``k`` generations for each test mask of another modality (e.g. CT) through
+  this model (e.g. MRI); organs the model never saw in training (``meta["classes_seen"]``)
+  become background first.
 
 Output ``.npz`` (one per run and mode): ``generated`` float32 (N, k, H, W) in [0, 1],
 ``original`` float32 (N, H, W) (the real slice the mask belongs to; for multi-modal it is of the
@@ -13,21 +16,26 @@ Output ``.npz`` (one per run and mode): ``generated`` float32 (N, k, H, W) in [0
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from segdiff.atomic import atomic_path
-from segdiff.dataset import SliceSet
+from segdiff.dataset import SliceSet, load_slices
 from segdiff.diffusion import load_diffusion
 from segdiff.errors import InputError
+from segdiff.figures import generation_grid_figure
+from segdiff.labels import load_label_map
 from segdiff.sampling import SamplerSettings, generate, sample_seed
+from segdiff.training import pick_device
 
-__all__ = ["MODES", "run_generation", "read_generation"]
+__all__ = ["MODES", "run_generation", "read_generation", "sample_run"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +51,13 @@ def run_generation(
     device: torch.device,
     out: str | Path,
     k: int = 1,
+    reconstruction: str | Path | None = None,
 ) -> dict:
-    """Sample ``mode`` for every slice of ``test`` and write ``out`` (.npz) atomically; returns the arrays."""
+    """Sample ``mode`` for every slice of ``test`` and write ``out`` (.npz) atomically; returns the arrays.
+
+    With ``reconstruction`` (multi-inference only), generation 1 of every mask is also written
+    there as the reconstruction experiment's file.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (expected one of {MODES})")
     model, scheduler_config, meta = load_diffusion(model_path, device)
@@ -60,7 +73,9 @@ def run_generation(
             log.info("%s: organ ids %s absent from the model's training masks set to background (%d pixels)",
                      model_path, dropped, int(unseen.sum()))
             test = SliceSet(test.image, np.where(unseen, 0, test.mask).astype(np.uint8), test.case, test.slice, test.view)
-    k = k if mode == "multi_inference" else 1
+    if reconstruction is not None and mode != "multi_inference":
+        raise ValueError("a reconstruction file can only be taken from a multi-inference run")
+    k = 1 if mode == "reconstruction" else k
     # one seed per (case, view, slice, k): independent of batch size and job order
     seeds = [sample_seed(seed, f"{c}/{v}", s, j) for c, v, s in zip(test.case, test.view, test.slice) for j in range(k)]
     masks = np.repeat(test.mask, k, axis=0)
@@ -72,8 +87,12 @@ def run_generation(
         "info": json.dumps({"mode": mode, "model": str(model_path), "model_meta": meta, "k": k, "sampler": asdict(settings),
                             "classes_set_to_background": dropped}),
     }
-    with atomic_path(out) as tmp:
-        np.savez(tmp, **arrays)
+    with contextlib.ExitStack() as pending:  # both files appear together, or neither
+        np.savez(pending.enter_context(atomic_path(out)), **arrays)
+        if reconstruction is not None:
+            info = {**json.loads(arrays["info"]), "mode": "reconstruction", "k": 1, "taken_from": str(out)}
+            np.savez(pending.enter_context(atomic_path(reconstruction)),
+                     **{**arrays, "generated": arrays["generated"][:, :1], "info": json.dumps(info)})
     return arrays
 
 
@@ -89,3 +108,34 @@ def read_generation(path: str | Path) -> dict:
         raise InputError(path, f"not a generation file (missing {sorted(missing)})")
     arrays["info"] = json.loads(str(arrays["info"]))
     return arrays
+
+
+def sample_run(
+    model_path: str | Path,
+    manifests: Sequence[str | Path],
+    mode: str,
+    sampling: Mapping,
+    max_slices: int,
+    seed: int,
+    device: str,
+    labels: str,
+    out: str | Path,
+    grid: str | Path,
+    reconstruction: str | Path | None = None,
+    reconstruction_grid: str | Path | None = None,
+    title: str = "",
+) -> None:
+    """The workflow's sampling job: the (seeded, stratified) test subset of ``manifests`` through
+    the model in ``mode``, its ``.npz`` file(s) and their PNG grids."""
+    settings = SamplerSettings(sampler=sampling["sampler"], steps=sampling["steps"], eta=sampling["eta"],
+                               batch_size=sampling["batch_size"])
+    test = load_slices(manifests, ["test"]).subset(max_slices, seed)
+    arrays = run_generation(model_path, test, mode, settings, seed, pick_device(device), out, k=sampling["k"],
+                            reconstruction=reconstruction)
+    label_map = load_label_map(labels)
+    original = None if mode == "multimodal" else arrays["original"]
+    generation_grid_figure(original, arrays["mask"], arrays["generated"], label_map, grid,
+                           f"{mode.replace('_', '-')}: {title}")
+    if reconstruction_grid is not None:
+        generation_grid_figure(original, arrays["mask"], arrays["generated"][:, :1], label_map, reconstruction_grid,
+                               f"reconstruction: {title}")

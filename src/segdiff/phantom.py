@@ -757,8 +757,9 @@ def generate_case(
     shape: tuple[int, int, int],
     spacing: tuple[float, float, float],
     seed: int,
+    render: int = 0,
 ) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
-    """Render one phantom case.
+    """Render one phantom case, or an *oracle render* of it.
 
     Parameters
     ----------
@@ -770,6 +771,12 @@ def generate_case(
         the same patient; a field of view smaller than the body simply cuts it.
     seed : cohort seed. The case depends only on ``(seed, NNNN)`` (and modality, shape,
         spacing), through ``np.random.default_rng([seed, NNNN])``.
+    render : 0 for the case itself. ``r >= 1`` gives the r-th *oracle render*: a second scan
+        of the same patient. The anatomy, the field of view and therefore the label volume are
+        identical bit for bit; everything that is not anatomy is drawn afresh from
+        ``np.random.default_rng([seed, NNNN, r])``: tissue intensities (contrast phase and
+        per-tissue jitter), texture, blur, noise, MRI gain and bias field. Renders sample the
+        true conditional distribution p(image | anatomy) that a generator should match.
 
     Returns
     -------
@@ -792,6 +799,10 @@ def generate_case(
     # 1. Everything that does not depend on the grid size: anatomy, geometry, contrast.
     anat = _sample_anatomy(rng)
     fov_centre = np.array([rng.uniform(-10, 10), rng.uniform(-40, 10), rng.uniform(-450, 50)])
+    if isinstance(render, bool) or int(render) != render or render < 0:
+        raise ValueError(f"render must be a non-negative integer, got {render!r}")
+    if render:  # an oracle render: same anatomy, fresh acquisition
+        rng = np.random.default_rng([int(seed), number, int(render)])
     ct_values, mri_values = _intensity_tables(rng)
     texture = _random_waves(rng, 10, (12.0, 40.0), unit_variance=True)
     blur = float(rng.uniform(0.6, 0.8))
@@ -836,7 +847,7 @@ def generate_case(
     affine = canonical @ inv_ornt_aff(transform, shape)
     data = np.ascontiguousarray(apply_orientation(data, transform))
     label = np.ascontiguousarray(apply_orientation(label, transform))
-    tag = f"segdiff phantom {case} {modality} seed={int(seed)}"
+    tag = f"segdiff phantom {case} {modality} seed={int(seed)}" + (f" render={int(render)}" if render else "")
     return _nifti(data, affine, tag), _nifti(label, affine, tag + " label")
 
 

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from segdiff.errors import SegdiffError
 
 __all__ = ["run_script"]
@@ -17,8 +19,8 @@ log = logging.getLogger("segdiff")
 def run_script(snakemake: Any, main: Callable[[], None]) -> None:
     """Run ``main`` inside a Snakemake ``script:`` job.
 
-    Logs (level INFO) go to the rule's first ``log:`` file and to stderr; torch uses exactly the
-    threads Snakemake granted; a :class:`SegdiffError` (bad input) ends the job with its one-line
+    Logs (level INFO) go to the rule's first ``log:`` file and to stderr; torch and the BLAS
+    libraries use exactly the threads Snakemake granted; a :class:`SegdiffError` (bad input) ends the job with its one-line
     message instead of a traceback.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
@@ -26,10 +28,12 @@ def run_script(snakemake: Any, main: Callable[[], None]) -> None:
         handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
     logging.captureWarnings(True)
+    threads = max(1, int(snakemake.threads))
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(max(1, int(snakemake.threads)))
+        sys.modules["torch"].set_num_threads(threads)
     try:
-        main()
+        with threadpool_limits(threads):  # BLAS too (scipy's sqrtm oversubscribes otherwise: 40x slower here)
+            main()
     except SegdiffError as err:
         log.error("%s", err)
         sys.exit(1)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.networks.layers import SkipConnection
 from monai.networks.nets import UNet
@@ -20,7 +21,7 @@ from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.errors import InputError
 from segdiff.training import TrainResult, TrainSettings, train
 
-__all__ = ["SegmentorConfig", "build_segmentor", "fit_segmentor", "save_segmentor", "load_segmentor", "predict"]
+__all__ = ["SegmentorConfig", "build_segmentor", "augment", "fit_segmentor", "save_segmentor", "load_segmentor", "predict"]
 
 
 @dataclass
@@ -39,19 +40,56 @@ def build_segmentor(config: SegmentorConfig) -> UNet:
                 strides=tuple(config.strides), num_res_units=config.num_res_units)
 
 
+def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
+            rotate_deg: float = 10.0, scale: float = 0.1, shift: float = 0.05, gamma: float = 0.3,
+            contrast: float = 0.1, brightness: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random anatomy and contrast for a batch, drawn from ``generator``: a small affine map
+    (rotation, anisotropic scale, shift; bilinear for images, nearest for masks; no flips, since
+    left and right organs have their own labels), then gamma, contrast and brightness.
+
+    ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, 1, H, W) integer labels.
+    """
+    b, device = images.shape[0], images.device
+
+    def uniform(half_width: float, *shape: int) -> torch.Tensor:
+        return (torch.rand((b, *shape), generator=generator, device=device) * 2 - 1) * half_width
+
+    angle = uniform(rotate_deg * torch.pi / 180)
+    zoom = 1 + uniform(scale, 2)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos * zoom[:, 0], -sin * zoom[:, 1], uniform(shift)], 1),
+                         torch.stack([sin * zoom[:, 0], cos * zoom[:, 1], uniform(shift)], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    masks = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False).long()
+    g = torch.exp(uniform(gamma))[:, None, None, None]
+    a = 1 + uniform(contrast)[:, None, None, None]
+    c = uniform(brightness)[:, None, None, None]
+    return (images.clamp(0, 1) ** g * a + c).clamp(0, 1), masks
+
+
 def fit_segmentor(slices, config: SegmentorConfig, settings: TrainSettings, batch_size: int, checkpoint,
-                  device: torch.device, desc: str = "segmentor") -> TrainResult:
-    """Train on a :class:`~segdiff.dataset.SliceSet` with DiceCE loss (kept in device memory)."""
+                  device: torch.device, desc: str = "segmentor", augmentation: bool = True) -> TrainResult:
+    """Train on a :class:`~segdiff.dataset.SliceSet` with DiceCE loss (kept in device memory).
+
+    The Dice term is computed over the whole batch (``batch=True``): with a per-image Dice the
+    many organs absent from a slice hold the loss on a plateau (near 0.65 here for 1,000 steps).
+    ``augmentation`` applies :func:`augment` to every batch: with a few training cases the
+    segmentor otherwise learns their anatomy by heart (train loss 0.04, test Dice 0.5).
+    """
     torch.manual_seed(settings.seed)
     model = build_segmentor(config)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     images = torch.as_tensor(slices.image, device=device).unsqueeze(1)
     masks = torch.as_tensor(slices.mask, device=device).unsqueeze(1)
     n = len(images)
 
     def loss_fn(net, generator):
         index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
-        return loss(net(images[index]).float(), masks[index].long()), batch_size
+        x, y = images[index], masks[index]
+        if augmentation:
+            x, y = augment(x, y, generator)
+        return loss(net(x).float(), y.long()), batch_size
 
     return train(model, loss_fn, settings, checkpoint, device, kind="segmentor", desc=desc)
 

@@ -1,13 +1,14 @@
 """The comparison table in the poster's layout, and its tidy long form.
 
-Rows: PSNR, SSIM, FID, Dice_orig, Dice_gen, FD_seg, diversity (inside/outside), slices;
-one column per run (``CT axial``, ``CT``, ``MRI axial``, ``MRI``, ``CT→MRI axial`` ...).
-Cells that cannot exist are ``n/a`` (PSNR/SSIM of multi-modal runs, FID without weights).
+Rows: see :data:`ROWS`; one column per run (``CT axial``, ``CT``, ``MRI axial``, ``MRI``,
+``CT→MRI axial`` ...). Cells that cannot exist are ``n/a`` (PSNR/SSIM of multi-modal runs, FID
+without weights, oracle rows without a phantom).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,14 +16,24 @@ import pandas as pd
 
 from segdiff.atomic import atomic_path
 
-__all__ = ["ROWS", "run_label", "build_tables", "write_tables"]
+__all__ = ["ROWS", "run_label", "build_tables", "table_notes", "write_tables"]
 
-#: (key in metrics.json, row name, decimals)
+#: (key in metrics.json, row name, decimals): the strict headline, the oracle (phantom only) and
+#: the poster authors' protocol, in that order.
 ROWS = [
-    ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3), ("fid", "FID ↓", 2), ("dice_orig", "Dice_orig ↑", 3),
-    ("dice_gen", "Dice_gen ↑", 3), ("fd_seg", "FD_seg ↓ (segmentor features; not FID)", 3),
-    ("diversity_inside", "Diversity inside organs", 4), ("diversity_outside", "Diversity outside organs", 4),
-    ("n_slices", "test slices", 0),
+    ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3), ("fid", "FID ↓", 2), ("frd", "FRD ↓", 3),
+    ("fd_seg", "FD_seg ↓ (segmentor features; not FID)", 3),
+    ("dice_orig", "Dice_orig ↑", 3), ("dice_gen", "Dice_gen ↑", 3), ("dice_ratio", "Dice_gen / Dice_orig (goal 0.8–1.05)", 3),
+    ("diversity_ratio", "Diversity ratio, generations / oracle (goal 0.5–1.5)", 3),
+    ("diversity_gen", "Diversity of the k generations (std inside organs)", 4),
+    ("diversity_oracle", "Diversity of k oracle renders (std inside organs)", 4),
+    ("psnr_oracle", "PSNR of an oracle render (a second scan)", 2), ("ssim_oracle", "SSIM of an oracle render", 3),
+    ("fid_oracle", "FID oracle floor", 2), ("frd_oracle", "FRD oracle floor", 3), ("fd_seg_oracle", "FD_seg oracle floor", 3),
+    ("dice_oracle", "Dice_oracle (segmentor on oracle renders)", 3),
+    ("psnr_poster", "PSNR (poster protocol)", 2), ("ssim_poster", "SSIM (poster protocol)", 3),
+    ("fid_poster", "FID (poster protocol)", 2), ("dice_orig_poster", "Dice_orig (poster protocol)", 3),
+    ("dice_gen_poster", "Dice_gen (poster protocol)", 3),
+    ("n_slices", "test slices", 0), ("k", "generations per mask (k)", 0),
 ]
 
 
@@ -44,8 +55,23 @@ def build_tables(metrics_files: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.
     for r in runs:
         for key, name, decimals in ROWS:
             value = r.get(key)
-            wide.loc[name, r["label"]] = "n/a" if value is None else (f"{int(value)}" if decimals == 0 else f"{value:.{decimals}f}")
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            wide.loc[name, r["label"]] = "n/a" if missing else (f"{int(value)}" if decimals == 0 else f"{value:.{decimals}f}")
     return wide, long
+
+
+def table_notes(metrics_files: Sequence[str | Path], max_slices: int = 0) -> list[str]:
+    """The table's footnotes: why cells are n/a, and how the test slices were chosen."""
+    runs = [json.loads(Path(f).read_text()) for f in metrics_files]
+    notes = [f"{name} n/a: {note}" for key, name in (("fid_note", "FID"), ("fid_poster_note", "FID (poster protocol)"))
+             for note in sorted({r.get(key) for r in runs if r.get(key)})]
+    if not all(r.get("oracle") for r in runs):
+        notes.append("Oracle rows n/a: oracle renders exist only for the embedded phantom (dataset.source: phantom).")
+    subset = "all test slices" if max_slices <= 0 else (
+        f"at most {max_slices} test slices per run (evaluation.max_slices), a seeded subset stratified by case and view")
+    notes.append(f"Generations and metrics use {subset}; multi-modal runs are compared with the target modality's real "
+                 "test slices. Rows marked (poster protocol) follow the poster authors' eval.py (see README, Metrics).")
+    return notes
 
 
 def write_tables(metrics_files: Sequence[str | Path], csv: str | Path, md: str | Path, tex: str | Path,

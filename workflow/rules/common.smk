@@ -56,8 +56,8 @@ MODALITIES = sorted(CASES["modality"].unique())
 wildcard_constraints:
     modality="ct|mri",
     source="ct|mri",
+    contrast="ct|mri",
     view="axial|coronal|sagittal|all",
-    mode="reconstruction|multi_inference",
     run="[a-z0-9_]+",
     case="[A-Za-z0-9][A-Za-z0-9._-]*",
 
@@ -139,20 +139,28 @@ EVALUATION_RUNS = _evaluation_runs()
 RUN_LABELS = {run: run_label(m, v, s) for run, (s, m, v) in EVALUATION_RUNS.items()}
 
 
+ORACLE = config["dataset"]["source"] == "phantom"  # only the phantom can re-render an anatomy
+
+
+def oracle_files(source, modality, view):
+    """Oracle renders in ``modality``'s contrast of the test anatomy of ``source`` (phantom only)."""
+    if not ORACLE:
+        return []
+    cases = cases_of(source)
+    return expand("results/oracle/{contrast}/{view}/{case}.npz", contrast=modality, view=slice_views(view),
+                  case=cases[cases["split"] == "test"]["case"])
+
+
 def evaluation_inputs(wildcards):
-    """Generations, segmentor and real test slices of the target modality for one evaluation run."""
+    """Generations, segmentor, real test slices of the target modality and oracle renders of one run."""
     run = wildcards.run
     source, modality, view = EVALUATION_RUNS[run]
-    inputs = {
+    return {
         "segmentor": f"results/models/segmentor/{modality}.pt",
         "reference": expand("results/slices/{modality}/{view}/manifest.tsv", modality=modality, view=slice_views(view)),
+        "generation": f"results/samples/{run}/{'multimodal' if source else 'multi_inference'}.npz",
+        "oracle": oracle_files(source or modality, modality, view),
     }
-    if source:
-        inputs["generation"] = f"results/samples/{run}/multimodal.npz"
-    else:
-        inputs["generation"] = f"results/samples/{run}/reconstruction.npz"
-        inputs["multi_inference"] = f"results/samples/{run}/multi_inference.npz"
-    return inputs
 
 
 def generations_panel_inputs():
@@ -171,6 +179,10 @@ def loss_logs():
     )
 
 
+#: modality -> the evaluation run (its first model) shown in the oracle-vs-generated figure
+ORACLE_FIGURE_RUNS = {m: f"{m}_{v}" for m, v in reversed(MODEL_RUNS)} if ORACLE else {}
+
+
 def evaluation_outputs():
     if not MODEL_RUNS:
         return []
@@ -178,6 +190,7 @@ def evaluation_outputs():
         "results/table.csv",
         "results/figures/generations.png",
         *expand("results/evaluation/{run}/metrics.json", run=RUN_LABELS),
+        *expand("results/figures/oracle_vs_generated_{modality}.png", modality=sorted(ORACLE_FIGURE_RUNS)),
     ]
 
 

@@ -117,3 +117,29 @@ rule provenance:
         "../../envs/segdiff.yaml"
     script:
         "../scripts/provenance.py"
+
+
+rule oracle_case:
+    # Phantom only: k fresh acquisitions of a test case's anatomy (ground truth of p(image | mask)).
+    input:
+        label=lambda w: CASES.loc[w.case, "label"],
+    output:
+        renders=expand("results/oracle/{{contrast}}/{view}/{{case}}.npz", view=VIEWS),
+    params:
+        phantom=config["phantom"],
+        seed=config["seed"],
+        k=config["sampling"]["k"],
+        labels=config["dataset"]["labels"],
+        preprocess=PRE,
+    log:
+        "logs/oracle/{contrast}/{case}.log",
+    benchmark:
+        "benchmarks/oracle/{contrast}/{case}.tsv"
+    threads: 1
+    resources:
+        mem_mb=config["compute"]["slice_mem_mb"],
+        runtime=20,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/oracle.py"

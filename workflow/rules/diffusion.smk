@@ -39,21 +39,29 @@ rule sample_diffusion:
         model="results/models/diffusion/{modality}_{view}.pt",
         manifests=run_manifests,
     output:
-        samples="results/samples/{modality}_{view}/{mode}.npz",
+        samples="results/samples/{modality}_{view}/multi_inference.npz",
         grid=report(
-            "results/samples/{modality}_{view}/{mode}.png",
+            "results/samples/{modality}_{view}/multi_inference.png",
+            caption="../report/generations.rst",
+            category="3. Generations",
+        ),
+        reconstruction="results/samples/{modality}_{view}/reconstruction.npz",
+        reconstruction_grid=report(
+            "results/samples/{modality}_{view}/reconstruction.png",
             caption="../report/generations.rst",
             category="3. Generations",
         ),
     params:
         sampling=config["sampling"],
+        max_slices=config["evaluation"]["max_slices"],
         labels=config["dataset"]["labels"],
         device=config["compute"]["device"],
         seed=config["seed"],
+        mode="multi_inference",
     log:
-        "logs/diffusion/sample_{modality}_{view}_{mode}.log",
+        "logs/diffusion/sample_{modality}_{view}.log",
     benchmark:
-        "benchmarks/diffusion/sample_{modality}_{view}_{mode}.tsv"
+        "benchmarks/diffusion/sample_{modality}_{view}.tsv"
     threads: config["compute"]["sample_threads"]
     resources:
         mem_mb=config["compute"]["train_mem_mb"],
@@ -65,10 +73,7 @@ rule sample_diffusion:
         "../scripts/sample_diffusion.py"
 
 
-rule sample_multimodal:
-    input:
-        model="results/models/diffusion/{modality}_{view}.pt",
-        manifests=run_manifests,
+use rule sample_diffusion as sample_multimodal with:
     output:
         samples="results/samples/{source}2{modality}_{view}/multimodal.npz",
         grid=report(
@@ -78,6 +83,7 @@ rule sample_multimodal:
         ),
     params:
         sampling=config["sampling"],
+        max_slices=config["evaluation"]["max_slices"],
         labels=config["dataset"]["labels"],
         device=config["compute"]["device"],
         seed=config["seed"],
@@ -86,12 +92,3 @@ rule sample_multimodal:
         "logs/diffusion/sample_{source}2{modality}_{view}.log",
     benchmark:
         "benchmarks/diffusion/sample_{source}2{modality}_{view}.tsv"
-    threads: config["compute"]["sample_threads"]
-    resources:
-        mem_mb=config["compute"]["train_mem_mb"],
-        runtime=config["compute"]["train_runtime_min"],
-        gpu=config["compute"]["gpus"],
-    conda:
-        "../../envs/segdiff.yaml"
-    script:
-        "../scripts/sample_diffusion.py"

@@ -40,6 +40,9 @@ rule evaluate:
         labels=config["dataset"]["labels"],
         device=config["compute"]["device"],
         inception_weights=config["evaluation"]["inception_weights"],
+        poster_inception_weights=config["evaluation"]["poster_inception_weights"],
+        max_slices=config["evaluation"]["max_slices"],
+        seed=config["seed"],
     log:
         "logs/evaluation/{run}.log",
     benchmark:
@@ -63,6 +66,8 @@ rule table:
         md="results/table.md",
         tex="results/table.tex",
         long="results/table_long.csv",
+    params:
+        max_slices=config["evaluation"]["max_slices"],
     log:
         "logs/evaluation/table.log",
     resources:
@@ -95,6 +100,26 @@ rule evaluation_figures:
         "../../envs/segdiff.yaml"
     script:
         "../scripts/evaluation_figures.py"
+
+
+rule oracle_figure:
+    input:
+        arrays=lambda w: f"results/evaluation/{ORACLE_FIGURE_RUNS[w.modality]}/arrays.npz",
+    output:
+        report("results/figures/oracle_vs_generated_{modality}.png", caption="../report/oracle_vs_generated.rst",
+               category="4. Evaluation"),
+    params:
+        labels=config["dataset"]["labels"],
+        title=lambda w: f"{RUN_LABELS[ORACLE_FIGURE_RUNS[w.modality]]}: oracle renders vs generations",
+    log:
+        "logs/evaluation/oracle_figure_{modality}.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/oracle_figure.py"
 
 
 # Downloads pytorch-fid's FID Inception weights (segdiff.weights known set "fid-inception"); the

@@ -10,13 +10,14 @@ from segdiff.training import TrainSettings, pick_device, write_history
 def main():
     p, modality = snakemake.params, snakemake.wildcards.modality
     labels = load_label_map(p.labels)
-    slices = load_slices(snakemake.input.manifests, ["train"])
+    slices = load_slices(snakemake.input.manifests, p.segmentor["splits"])
     config = SegmentorConfig(num_classes=labels.max_id + 1, **p.segmentor["model"])
     train = dict(p.segmentor["train"])
-    batch_size = train.pop("batch_size")
+    batch_size, augmentation = train.pop("batch_size"), train.pop("augment")
     result = fit_segmentor(slices, config, TrainSettings(seed=p.seed, **train), batch_size, p.checkpoint,
-                           pick_device(p.device), desc=f"segmentor {modality}")
-    save_segmentor(snakemake.output.model, result.ema, config, {"modality": modality, "train_slices": len(slices)})
+                           pick_device(p.device), desc=f"segmentor {modality}", augmentation=augmentation)
+    save_segmentor(snakemake.output.model, result.ema, config,
+                   {"modality": modality, "train_slices": len(slices), "splits": p.segmentor["splits"]})
     write_history(result.history, snakemake.output.loss)
     Path(p.checkpoint).unlink(missing_ok=True)
 
