@@ -1,0 +1,126 @@
+"""evaluate_run on tiny arrays: every metric checked against an independent numpy computation."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.linalg
+import torch
+from test_diffusion import tiny_slices
+from test_fid_inception import fid_inception_state_dict
+
+from segdiff.dataset import SliceSet
+from segdiff.evaluation import METRIC_KEYS, evaluate_run, recompute_metrics
+from segdiff.fid_inception import InceptionFeatures
+from segdiff.frd import radiomics_features
+from segdiff.generation import read_generation
+from segdiff.labels import LabelMap
+from segdiff.oracle import write_oracle
+from segdiff.segmentor import SegmentorConfig, build_segmentor, predict, save_segmentor
+
+LABELS = LabelMap({1: "liver", 2: "spleen", 3: "kidney"})
+
+
+def frechet(a, b):
+    mu_a, mu_b, cov_a, cov_b = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * scipy.linalg.sqrtm(cov_a @ cov_b).real))
+
+
+def pooled_dice(pred, ref, organs=(1, 2, 3)):
+    per = {c: 2 * np.sum((pred == c) & (ref == c)) / (np.sum(pred == c) + np.sum(ref == c)) for c in organs if (ref == c).any()}
+    return float(np.mean(list(per.values()))), per
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("evaluation")
+    real = tiny_slices(8, size=16, seed=3)
+    real = SliceSet(real.image, real.mask, np.array(["a"] * 4 + ["b"] * 4), np.tile(np.arange(4, dtype=np.int32), 2),
+                    np.array(["axial"] * 8))
+    rng = np.random.default_rng(0)
+    k = 3
+    generated = np.clip(real.image[:, None] + rng.normal(0, 0.05, (8, k, 16, 16)), 0, 1).astype(np.float32)
+    oracle = np.clip(real.image[:, None] + rng.normal(0, 0.04, (8, k, 16, 16)), 0, 1).astype(np.float32)
+    generation = tmp / "multi_inference.npz"
+    np.savez(generation, generated=generated, original=real.image, mask=real.mask, case=real.case, slice=real.slice,
+             view=real.view, seed=np.int64(1), info=json.dumps({"mode": "multi_inference", "k": k}))
+    oracle_files = []
+    for case in ("a", "b"):
+        rows = real.case == case
+        oracle_files.append(tmp / "oracle" / "axial" / f"{case}.npz")
+        write_oracle({"axial": {"image": oracle[rows], "mask": real.mask[rows], "slice": real.slice[rows]}},
+                     {"axial": oracle_files[-1]})
+    torch.manual_seed(0)
+    config = SegmentorConfig(num_classes=4, channels=(8, 16), strides=(2,), num_res_units=1)
+    net = build_segmentor(config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)  # predictions that vary from image to image
+    save_segmentor(tmp / "segmentor.pt", net, config, {})
+    weights = tmp / "fid.pth"
+    torch.save(fid_inception_state_dict(), weights)
+    summary = evaluate_run("CT axial", generation, tmp / "segmentor.pt", real, LABELS, torch.device("cpu"), tmp / "out",
+                           oracle=oracle_files, inception_weights=str(weights), poster_inception_weights=str(tmp / "none.pth"))
+    return {"summary": summary, "real": real, "generated": generated, "oracle": oracle, "net": net, "weights": weights,
+            "out": tmp / "out"}
+
+
+def test_every_metric_against_numpy(run):
+    s, real, gen, oracle = run["summary"], run["real"], run["generated"], run["oracle"]
+    net = run["net"].eval()
+    pred_gen, feat_gen = predict(net, gen[:, 0], torch.device("cpu"), features=True)
+    pred_ref, feat_ref = predict(net, real.image, torch.device("cpu"), features=True)
+    pred_orc, feat_orc = predict(net, oracle[:, 0], torch.device("cpu"), features=True)
+    assert s["dice_gen"] == pytest.approx(pooled_dice(pred_gen, real.mask)[0])
+    assert s["dice_orig"] == pytest.approx(pooled_dice(pred_ref, real.mask)[0])
+    assert s["dice_oracle"] == pytest.approx(pooled_dice(pred_orc, real.mask)[0])
+    assert s["dice_ratio"] == pytest.approx(s["dice_gen"] / s["dice_orig"])
+    for organ, c in (("liver", 1), ("spleen", 2), ("kidney", 3)):
+        if organ in s["per_organ"]:
+            assert s["per_organ"][organ]["dice_gen"] == pytest.approx(pooled_dice(pred_gen, real.mask)[1][c])
+    mse = ((gen[:, 0].astype(np.float64) - real.image) ** 2).mean(axis=(1, 2))
+    assert s["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-6)
+    assert s["fd_seg"] == pytest.approx(frechet(feat_gen, feat_ref), rel=1e-4)
+    assert s["fd_seg_oracle"] == pytest.approx(frechet(feat_orc, feat_ref), rel=1e-4)
+    # FID for real, with the test-made Inception weights
+    inception = InceptionFeatures(weights=run["weights"])
+    assert s["fid"] == pytest.approx(frechet(inception(gen[:, 0]), inception(real.image)), rel=1e-4)
+    assert s["fid_oracle"] == pytest.approx(frechet(inception(oracle[:, 0]), inception(real.image)), rel=1e-4)
+    assert s["fid_poster"] is None and "none.pth" in s["fid_poster_note"]  # no torchvision weights: n/a, with the reason
+    # FRD: z-score by the real set, non-finite columns out, log of the Fréchet distance
+    rad_real, rad_gen = radiomics_features(real.image), radiomics_features(gen[:, 0])
+    mu, sd = rad_real.mean(0), rad_real.std(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a, b = (rad_real - mu) / sd, (rad_gen - mu) / sd
+    keep = np.isfinite(a).all(0) & np.isfinite(b).all(0)
+    assert s["frd"] == pytest.approx(np.log(frechet(a[:, keep], b[:, keep])), rel=1e-3)
+    inside = real.mask > 0
+    assert s["diversity_gen"] == pytest.approx(gen.std(axis=1)[inside].mean(), rel=1e-6)
+    assert s["diversity_oracle"] == pytest.approx(oracle.std(axis=1)[inside].mean(), rel=1e-6)
+    assert s["diversity_ratio"] == pytest.approx(s["diversity_gen"] / s["diversity_oracle"], rel=1e-9)
+    assert 1.0 < s["diversity_ratio"] < 1.6  # noise 0.05 vs 0.04, clipped
+
+
+def test_files_and_recompute(run):
+    out = run["out"]
+    arrays = dict(np.load(out / "arrays.npz"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    again = recompute_metrics(arrays, [1, 2, 3], 4)
+    for key in METRIC_KEYS:
+        assert (again[key] is None) == (metrics[key] is None), key
+        if again[key] is not None:
+            assert again[key] == pytest.approx(metrics[key], rel=1e-9), key
+    per_slice = pd.read_csv(out / "per_slice.csv")
+    assert list(per_slice.columns) == ["case", "view", "slice", "psnr", "ssim", "dice_gen", "dice_orig", "dice_oracle"]
+    assert len(per_slice) == 8
+    assert read_generation(out.parent / "multi_inference.npz")["generated"].shape == arrays["generated"].shape
+
+
+def test_paired_run_refuses_originals_that_are_not_the_reference(run, tmp_path):
+    real = run["real"]
+    other = SliceSet(real.image[::-1].copy(), real.mask, real.case, real.slice, real.view)
+    with pytest.raises(ValueError, match="not the reference slices"):
+        evaluate_run("x", run["out"].parent / "multi_inference.npz", run["out"].parent / "segmentor.pt", other, LABELS,
+                     torch.device("cpu"), tmp_path)
