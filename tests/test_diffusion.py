@@ -10,7 +10,7 @@ import segdiff.diffusion as diffusion
 import segdiff.training as training
 from segdiff.checkpoints import MODEL_FORMAT, save_file
 from segdiff.dataset import SliceSet
-from segdiff.diffusion import (DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, ablate_masks, fit_diffusion,
+from segdiff.diffusion import (DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, ablate_masks, make_scheduler, min_snr_weights, fit_diffusion,
                                load_diffusion, one_hot, save_diffusion)
 from segdiff.errors import InputError
 from segdiff.sampling import SamplerSettings, generate, initial_noise, sample_seed
@@ -97,7 +97,7 @@ def perturbed_model():
 
 #: every sampler setting the schema allows (DDIM with and without step noise, DDPM)
 SAMPLERS = [SamplerSettings(steps=4), SamplerSettings(steps=4, eta=0.5), SamplerSettings(steps=4, eta=1.0),
-            SamplerSettings(sampler="ddpm", steps=4)]
+            SamplerSettings(sampler="ddpm", steps=0)]
 
 
 @pytest.mark.parametrize("settings", SAMPLERS, ids=lambda s: f"{s.sampler}-eta{s.eta}")
@@ -125,6 +125,26 @@ def test_sampling_does_not_depend_on_batch_size_order_or_neighbours(settings):
     # the noise of a slice is its own: the same whatever other slices are in the batch
     assert torch.equal(initial_noise(seeds[:3], (16, 16))[2], initial_noise(seeds[2:3], (16, 16))[0])
     assert sample_seed(7, "case", 1, 0) != sample_seed(7, "case", 1, 1) != sample_seed(8, "case", 1, 1)
+
+
+def test_strided_ddpm_is_refused():
+    with pytest.raises(ValueError, match="DDPM samples every one of the model's 50 timesteps"):
+        generate(perturbed_model(), SCHED, tiny_slices(1).mask, [1], 4, SamplerSettings(sampler="ddpm", steps=10),
+                 torch.device("cpu"))
+
+
+def test_min_snr_weights_follow_the_prediction_type():
+    t = torch.tensor([0, 25, 49])
+    weights = {}
+    for prediction_type in ("epsilon", "v_prediction", "sample"):
+        scheduler = make_scheduler(SchedulerConfig(num_train_timesteps=50, schedule="cosine", prediction_type=prediction_type))
+        alpha = scheduler.alphas_cumprod[t].double()
+        snr = alpha / (1 - alpha)
+        weights[prediction_type] = min_snr_weights(scheduler, t, 5.0).double()
+    x0_space = torch.minimum(snr, torch.tensor(5.0))  # every parametrisation weights the x0 error by min(SNR, 5)
+    torch.testing.assert_close(weights["sample"], x0_space, rtol=1e-5, atol=0)
+    torch.testing.assert_close(weights["epsilon"] * snr, x0_space, rtol=1e-5, atol=0)
+    torch.testing.assert_close(weights["v_prediction"] * (snr + 1), x0_space, rtol=1e-5, atol=0)
 
 
 def test_warmup_cosine_schedule():

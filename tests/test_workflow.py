@@ -170,6 +170,7 @@ def test_bad_case_fails_alone_with_keep_going(tmp_path):
         ({"dataset": {"labels": "nowhere.tsv"}}, "nowhere.tsv: file not found"),
         ({"diffusion": {"runs": ["ct/all"]}, "views": ["axial"]}, "config key 'diffusion.runs.0': view all needs"),
         ({"sampling": {"multimodal": ["ct>mri/coronal"]}}, "config key 'sampling.multimodal.0': needs the model mri/coronal"),
+        ({"sampling": {"sampler": "ddpm", "steps": 50}}, "config key 'sampling.steps': DDPM steps through every training timestep"),
     ],
 )
 def test_bad_config_stops_before_any_job(tmp_path, config, message):

@@ -33,7 +33,7 @@ from segdiff.errors import InputError
 from segdiff.figures import generation_grid_figure
 from segdiff.labels import load_label_map
 from segdiff.sampling import SamplerSettings, generate, sample_seed
-from segdiff.training import pick_device
+from segdiff.training import pick_device, use_bf16
 
 __all__ = ["MODES", "run_generation", "read_generation", "sample_run"]
 
@@ -121,16 +121,18 @@ def sample_run(
     labels: str,
     out: str | Path,
     grid: str | Path,
+    precision: str = "auto",
     reconstruction: str | Path | None = None,
     reconstruction_grid: str | Path | None = None,
     title: str = "",
 ) -> None:
     """The workflow's sampling job: the (seeded, stratified) test subset of ``manifests`` through
     the model in ``mode``, its ``.npz`` file(s) and their PNG grids."""
+    device = pick_device(device)
     settings = SamplerSettings(sampler=sampling["sampler"], steps=sampling["steps"], eta=sampling["eta"],
-                               batch_size=sampling["batch_size"])
+                               batch_size=sampling["batch_size"], bf16=use_bf16(precision, device))
     test = load_slices(manifests, ["test"]).subset(max_slices, seed)
-    arrays = run_generation(model_path, test, mode, settings, seed, pick_device(device), out, k=sampling["k"],
+    arrays = run_generation(model_path, test, mode, settings, seed, device, out, k=sampling["k"],
                             reconstruction=reconstruction)
     label_map = load_label_map(labels)
     original = None if mode == "multimodal" else arrays["original"]

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from segdiff.diffusion import from_model_range, make_scheduler, one_hot
+from segdiff.training import native_bf16
 
 __all__ = ["SamplerSettings", "sample_seed", "initial_noise", "generate"]
 
@@ -27,6 +28,7 @@ class SamplerSettings:
     steps: int = 50  # inference steps (DDPM: the model's number of training timesteps is used when 0)
     eta: float = 0.0  # DDIM stochasticity
     batch_size: int = 64
+    bf16: bool | None = None  # bf16 autocast; None = where the device computes bf16 natively
 
 
 def sample_seed(seed: int, case: str, slice_index: int, k: int) -> int:
@@ -61,11 +63,15 @@ def generate(
         raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")
     scheduler = make_scheduler(scheduler_config, settings.sampler)
     steps = settings.steps or scheduler_config.num_train_timesteps
+    if settings.sampler == "ddpm" and steps != scheduler_config.num_train_timesteps:
+        # MONAI's DDPMScheduler.step always goes from t to t - 1: strided DDPM returns noise
+        raise ValueError(f"DDPM samples every one of the model's {scheduler_config.num_train_timesteps} timesteps "
+                         f"(got steps={steps}); use steps 0 or {scheduler_config.num_train_timesteps}, or DDIM with eta 1")
     scheduler.set_timesteps(steps, device=device)
     stochastic = settings.sampler == "ddpm" or settings.eta > 0
     model.eval().to(device)
-    cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    bf16 = native_bf16(device) if settings.bf16 is None else settings.bf16
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     out = np.empty(masks.shape, np.float32)
     batches = range(0, len(masks), settings.batch_size)
     bar = tqdm(total=len(batches) * len(scheduler.timesteps), desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)

@@ -13,6 +13,9 @@ from segdiff.tables import run_label
 
 REPO = Path(workflow.basedir)
 validate_config(config, REPO / "config/schemas/config.schema.yaml")
+if config["sampling"]["sampler"] == "ddpm" and config["sampling"]["steps"] != config["diffusion"]["scheduler"]["num_train_timesteps"]:
+    raise ConfigError("sampling.steps", "DDPM steps through every training timestep (MONAI's DDPMScheduler); set it to "
+                      "diffusion.scheduler.num_train_timesteps or use sampler ddim with eta 1")
 
 PHANTOM_ROOT = "results/data/phantom"
 VIEWS = config["views"]

@@ -17,6 +17,7 @@ rule train_diffusion:
         diffusion=config["diffusion"],
         labels=config["dataset"]["labels"],
         device=config["compute"]["device"],
+        precision=config["compute"]["precision"],
         seed=config["seed"],
     log:
         "logs/diffusion/train_{modality}_{view}.log",
@@ -56,6 +57,7 @@ rule sample_diffusion:
         max_slices=config["evaluation"]["max_slices"],
         labels=config["dataset"]["labels"],
         device=config["compute"]["device"],
+        precision=config["compute"]["precision"],
         seed=config["seed"],
         mode="multi_inference",
     log:
@@ -86,6 +88,7 @@ use rule sample_diffusion as sample_multimodal with:
         max_slices=config["evaluation"]["max_slices"],
         labels=config["dataset"]["labels"],
         device=config["compute"]["device"],
+        precision=config["compute"]["precision"],
         seed=config["seed"],
         mode="multimodal",
     log:

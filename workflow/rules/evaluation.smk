@@ -12,6 +12,7 @@ rule train_segmentor:
         segmentor=config["segmentor"],
         labels=config["dataset"]["labels"],
         device=config["compute"]["device"],
+        precision=config["compute"]["precision"],
         seed=config["seed"],
     log:
         "logs/segmentor/train_{modality}.log",

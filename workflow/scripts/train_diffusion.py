@@ -7,7 +7,7 @@ from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, sa
 from segdiff.figures import loss_curve_figure
 from segdiff.labels import load_label_map
 from segdiff.runtime import run_script
-from segdiff.training import TrainSettings, pick_device, write_history
+from segdiff.training import TrainSettings, pick_device, use_bf16, write_history
 
 
 def main():
@@ -15,12 +15,13 @@ def main():
     cfg = p.diffusion
     labels = load_label_map(p.labels)
     slices = load_slices(snakemake.input.manifests, ["train"])
+    device = pick_device(p.device)
     denoiser = DenoiserConfig(num_classes=labels.max_id + 1, conditioning=cfg["conditioning"], **cfg["model"])
     scheduler = SchedulerConfig(**cfg["scheduler"])
     train = dict(cfg["train"])
     batch_size = train.pop("batch_size")
-    result = fit_diffusion(slices, denoiser, scheduler, TrainSettings(seed=p.seed, **train), batch_size,
-                           p.checkpoint, pick_device(p.device), cfg["ablation_p"], desc=f"diffusion {w.modality}/{w.view}")
+    result = fit_diffusion(slices, denoiser, scheduler, TrainSettings(seed=p.seed, bf16=use_bf16(p.precision, device), **train), batch_size,
+                           p.checkpoint, device, cfg["ablation_p"], desc=f"diffusion {w.modality}/{w.view}")
     meta = {"modality": w.modality, "view": w.view, "train_slices": len(slices), "labels": labels.names, "seed": p.seed,
             "classes_seen": sorted(int(c) for c in np.unique(slices.mask))}
     save_diffusion(snakemake.output.model, result.ema, scheduler, meta)
