@@ -11,8 +11,11 @@ from segdiff.labels import load_label_map, load_remap
 
 def test_default_config_is_valid_and_complete():
     config = load_config(REPO / "config/config.yaml", CONFIG_SCHEMA)
-    assert config["preprocess"]["image_size"] == 32
+    assert config["preprocess"]["image_size"] >= 48
     assert config["views"] == ["axial", "coronal", "sagittal"]
+    # the poster's table: CT axial, CT, MRI axial, MRI, CT->MRI axial
+    assert config["diffusion"]["runs"] == ["ct/axial", "ct/all", "mri/axial", "mri/all"]
+    assert config["sampling"]["multimodal"] == ["ct>mri/axial"]
 
 
 def test_empty_config_gets_every_default():
