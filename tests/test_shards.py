@@ -1,5 +1,7 @@
 """The slicing stage's file contract: NPZ shards, PNG previews, manifests, atomic writes."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,6 +9,7 @@ from conftest import ras_pair
 from PIL import Image
 
 import segdiff.shards as shards_mod
+from segdiff.atomic import atomic_dir, atomic_path
 from segdiff.shards import build_manifest, preview_indices, read_shard, write_case_shards
 from segdiff.volumes import Volume
 
@@ -74,3 +77,16 @@ def test_read_shard_rejects_foreign_file(tmp_path):
     np.savez(bad, image=np.zeros((2, 4, 4)))
     with pytest.raises(Exception, match="x.npz: not a slice shard"):
         read_shard(bad)
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.npz") as tmp:
+            np.savez(tmp, x=np.zeros(2))
+        with atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "f.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.npz").stat().st_mode & 0o777 == 0o644  # mkstemp alone would leave 0600
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755

@@ -46,6 +46,7 @@ __all__ = [
     "radiomics_features",
     "frd_from_features",
     "frd",
+    "dominant_feature",
 ]
 
 FRD_VERSION = frd_lib.FRD_VERSION_V1
@@ -229,3 +230,22 @@ def frd(
     """
     options = {"batch_size": batch_size, "num_workers": num_workers, "tmp_dir": tmp_dir}
     return frd_from_features(radiomics_features(real, **options), radiomics_features(generated, **options), log=log)
+
+
+def dominant_feature(real_features: np.ndarray, generated_features: np.ndarray) -> tuple[int, float, float]:
+    """The feature that dominates FRDv1's mean term: ``(index, share, reference std)``.
+
+    FRDv1 z-scores every feature by the real set; a feature that is (nearly) constant in the real
+    slices but not in the generated ones then gets huge z-scores and can decide the FRD alone.
+    ``share`` is that feature's part of the squared mean difference of the z-scored sets.
+    """
+    real = _feature_set(real_features, "real_features").astype(np.float64)
+    generated = _feature_set(generated_features, "generated_features").astype(np.float64)
+    mu, sd = real.mean(axis=0), real.std(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = ((generated.mean(axis=0) - mu) / sd) ** 2
+    gap[~np.isfinite(gap)] = 0.0
+    if gap.sum() <= 0:
+        return -1, 0.0, float("nan")
+    index = int(np.argmax(gap))
+    return index, float(gap[index] / gap.sum()), float(sd[index])

@@ -65,6 +65,7 @@ def table_notes(metrics_files: Sequence[str | Path], max_slices: int = 0) -> lis
     runs = [json.loads(Path(f).read_text()) for f in metrics_files]
     notes = [f"{name} n/a: {note}" for key, name in (("fid_note", "FID"), ("fid_poster_note", "FID (poster protocol)"))
              for note in sorted({r.get(key) for r in runs if r.get(key)})]
+    notes += [f"FRD: {r['frd_note']}" for r in runs if r.get("frd_note")]
     if not all(r.get("oracle") for r in runs):
         notes.append("Oracle rows n/a: oracle renders exist only for the embedded phantom (dataset.source: phantom).")
     subset = "all test slices" if max_slices <= 0 else (

@@ -51,6 +51,7 @@ rule slice_case:
     benchmark:
         "benchmarks/slices/{modality}/{case}.tsv"
     threads: 1
+    priority: 20  # everything waits for the slices: finish them before any model job starts
     resources:
         mem_mb=config["compute"]["slice_mem_mb"],
         runtime=20,
@@ -69,6 +70,7 @@ rule manifest:
         view="axial|coronal|sagittal",
     params:
         rows=manifest_rows,
+    priority: 20
     log:
         "logs/slices/{modality}/{view}/manifest.log",
     resources:

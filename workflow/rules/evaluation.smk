@@ -19,6 +19,7 @@ rule train_segmentor:
     benchmark:
         "benchmarks/segmentor/train_{modality}.tsv"
     threads: config["compute"]["train_threads"]
+    priority: 5  # after the diffusion models (the longest jobs), before sampling
     resources:
         mem_mb=config["compute"]["train_mem_mb"],
         runtime=config["compute"]["train_runtime_min"],
