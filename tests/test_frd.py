@@ -108,7 +108,7 @@ def test_dominant_feature_finds_a_feature_constant_in_the_real_set():
     real, generated = rng.normal(size=(20, 5)), rng.normal(size=(20, 5))
     real[:, 3] = 1.0 + rng.normal(0, 1e-6, 20)  # (nearly) constant across the real slices
     generated[:, 3] = 1.1
-    index, share, sd = dominant_feature(real, generated)
-    assert index == 3 and share > 0.99 and sd < 1e-5
-    index, share, _ = dominant_feature(real[:, :3], real[:, :3] + 0.5 * real[:, :3].std(axis=0))  # an even shift
+    index, share, sd, z = dominant_feature(real, generated)
+    assert index == 3 and share > 0.99 and sd < 1e-5 and z > 1e4
+    index, share, _, _ = dominant_feature(real[:, :3], real[:, :3] + 0.5 * real[:, :3].std(axis=0))  # an even shift
     assert share == pytest.approx(1 / 3)

@@ -192,9 +192,10 @@ def evaluate_run(
             log.warning("%s: %s n/a: %s", label, name, note)
     class_ids = labels.ids
     metrics = recompute_metrics(arrays, class_ids, labels.max_id + 1)
-    index, share, sd = dominant_feature(arrays["radiomics_reference"], arrays["radiomics_generated"])
-    frd_note = (f"{label}: one radiomic feature (#{index}, std {sd:.2g} across the real slices) makes {share:.0%} of "
-                "the FRD mean term (FRDv1 z-scores by the real set)") if share > 0.5 else None
+    index, share, sd, z = dominant_feature(arrays["radiomics_reference"], arrays["radiomics_generated"])
+    frd_note = (f"{label}: one radiomic feature (#{index}, std {sd:.2g} across the real slices) is {z:.0f} standard "
+                f"deviations off and makes {share:.0%} of the FRD mean term (FRDv1 z-scores by the real set)"
+                ) if share > 0.5 or z > 100 else None
     per_slice = pd.DataFrame({
         "case": gen["case"], "view": gen["view"], "slice": gen["slice"],
         "psnr": psnr(generated[:, 0], gen["original"]) if paired else np.nan,

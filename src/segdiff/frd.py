@@ -232,12 +232,13 @@ def frd(
     return frd_from_features(radiomics_features(real, **options), radiomics_features(generated, **options), log=log)
 
 
-def dominant_feature(real_features: np.ndarray, generated_features: np.ndarray) -> tuple[int, float, float]:
-    """The feature that dominates FRDv1's mean term: ``(index, share, reference std)``.
+def dominant_feature(real_features: np.ndarray, generated_features: np.ndarray) -> tuple[int, float, float, float]:
+    """The feature that dominates FRDv1's mean term: ``(index, share, reference std, z)``.
 
     FRDv1 z-scores every feature by the real set; a feature that is (nearly) constant in the real
     slices but not in the generated ones then gets huge z-scores and can decide the FRD alone.
-    ``share`` is that feature's part of the squared mean difference of the z-scored sets.
+    ``share`` is that feature's part of the squared mean difference of the z-scored sets, ``z``
+    its mean difference in reference standard deviations.
     """
     real = _feature_set(real_features, "real_features").astype(np.float64)
     generated = _feature_set(generated_features, "generated_features").astype(np.float64)
@@ -246,6 +247,6 @@ def dominant_feature(real_features: np.ndarray, generated_features: np.ndarray) 
         gap = ((generated.mean(axis=0) - mu) / sd) ** 2
     gap[~np.isfinite(gap)] = 0.0
     if gap.sum() <= 0:
-        return -1, 0.0, float("nan")
+        return -1, 0.0, float("nan"), 0.0
     index = int(np.argmax(gap))
-    return index, float(gap[index] / gap.sum()), float(sd[index])
+    return index, float(gap[index] / gap.sum()), float(sd[index]), float(np.sqrt(gap[index]))
