@@ -124,3 +124,14 @@ def test_paired_run_refuses_originals_that_are_not_the_reference(run, tmp_path):
     with pytest.raises(ValueError, match="not the reference slices"):
         evaluate_run("x", run["out"].parent / "multi_inference.npz", run["out"].parent / "segmentor.pt", other, LABELS,
                      torch.device("cpu"), tmp_path)
+
+
+def test_without_oracle_the_oracle_rows_are_none(run, tmp_path):
+    real = run["real"]
+    summary = evaluate_run("CT axial", run["out"].parent / "multi_inference.npz", run["out"].parent / "segmentor.pt", real,
+                           LABELS, torch.device("cpu"), tmp_path, inception_weights=str(tmp_path / "none.pth"))
+    for key in ("diversity_ratio", "diversity_oracle", "psnr_oracle", "frd_oracle", "fd_seg_oracle", "dice_oracle", "fid"):
+        assert summary[key] is None, key
+    assert summary["oracle"] is False and summary["diversity_gen"] == pytest.approx(run["summary"]["diversity_gen"])
+    assert summary["dice_gen"] == pytest.approx(run["summary"]["dice_gen"]) and summary["frd"] == pytest.approx(run["summary"]["frd"])
+    assert pd.read_csv(tmp_path / "per_slice.csv")["dice_oracle"].isna().all()
