@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_SCHEMA = REPO / "config/schemas/config.schema.yaml"
@@ -49,3 +50,27 @@ def nifti_pair(tmp_path):
     """(image path, label path, image array, label array, affine) of a small RAS case."""
     image, label, affine = ras_pair()
     return (save(image, affine, tmp_path / "img.nii.gz"), save(label, affine, tmp_path / "lab.nii.gz"), image, label, affine)
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """torch.hub pointed at an empty directory; any torch hub download attempt fails the test."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("attempted a download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    return hub
+
+
+@pytest.fixture
+def one_thread():
+    """Inception on one intra-op thread: on a shared 2-core machine two spinning threads are ~20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -47,27 +47,6 @@ def fid_weights(tmp_path_factory):
     return path, state
 
 
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    """torch.hub pointed at an empty directory, and any download attempt turned into a failure."""
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("attempted a download")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    return hub
-
-
-@pytest.fixture
-def one_thread():
-    """Inception on one intra-op thread: on a shared 2-core machine two spinning threads are ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_weights_name_is_pytorch_fids():

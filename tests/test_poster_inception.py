@@ -35,28 +35,6 @@ def torchvision_weights(tmp_path_factory):
     return path, state
 
 
-@pytest.fixture
-def no_downloads(tmp_path, monkeypatch):
-    """torch.hub pointed at an empty directory; any download attempt fails the test."""
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("attempted a download")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
-    return hub
-
-
-@pytest.fixture
-def one_thread():
-    """Inception on one intra-op thread: on a shared 2-core machine two spinning threads are ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def eval_py_features(image_list, model):
@@ -78,7 +56,7 @@ def eval_py_features(image_list, model):
     return features.view(features.size(0), -1).numpy()
 
 
-def test_features_are_eval_pys_from_the_local_file(torchvision_weights, no_downloads, one_thread):
+def test_features_are_eval_pys_from_the_local_file(torchvision_weights, empty_hub, one_thread):
     path, state = torchvision_weights
     model = load_poster_inception(path)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -117,11 +95,11 @@ def test_preprocessing_order_is_8bit_rgb_resize_then_imagenet_normalisation():
         poster_preprocess(flat[0])
 
 
-def test_missing_or_foreign_weights(no_downloads, tmp_path):
+def test_missing_or_foreign_weights(empty_hub, tmp_path):
     with pytest.raises(WeightsUnavailable) as err:
         PosterInceptionFeatures()
     message = str(err.value)
-    hub_file = no_downloads / "checkpoints" / POSTER_WEIGHTS_NAME
+    hub_file = empty_hub / "checkpoints" / POSTER_WEIGHTS_NAME
     assert str(hub_file) in message and "python -m segdiff.weights fetch torchvision-inception" in message
     assert models.Inception_V3_Weights.IMAGENET1K_V1.url in message
     configured = tmp_path / "configured.pth"

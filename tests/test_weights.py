@@ -18,19 +18,6 @@ from segdiff.errors import InputError
 from segdiff.weights import KNOWN_WEIGHTS, WeightsUnavailable, fetch_weights, find_weights, read_state_dict
 
 
-@pytest.fixture
-def empty_hub(tmp_path, monkeypatch):
-    """torch.hub pointed at an empty directory, and any torch hub download turned into a failure."""
-    hub = tmp_path / "hub"
-    hub.mkdir()
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError("attempted a download")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    return hub
-
 
 # --------------------------------------------------------------------------- known sets and lookup
 
