@@ -141,7 +141,7 @@ def _inception_features(arrays: dict, sets: dict[str, np.ndarray], weights: dict
             notes[name] = str(err)
             continue
         for which, images in sets.items():
-            arrays[f"{name}_{which}"] = np.concatenate([extractor(images[s : s + 64]) for s in range(0, len(images), 64)])
+            arrays[f"{name}_{which}"] = extractor(images)  # the extractor batches on its own
         notes[name] = None
     return notes
 

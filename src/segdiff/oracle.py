@@ -108,6 +108,7 @@ def gather_oracle(files: Sequence[str | Path], case: np.ndarray, view: np.ndarra
     """
     files = {(Path(f).stem, Path(f).parent.name): f for f in files}
     out = None
+    covered = np.zeros(len(case), bool)
     for (c, v), path in files.items():
         rows = np.flatnonzero((case == c) & (view == v))
         if not len(rows):
@@ -126,9 +127,7 @@ def gather_oracle(files: Sequence[str | Path], case: np.ndarray, view: np.ndarra
         if out is None:
             out = np.zeros((len(case), *oracle["image"].shape[1:]), np.float32)
         out[rows] = oracle["image"][take]
-    covered = np.zeros(len(case), bool)
-    for c, v in files:
-        covered |= (case == c) & (view == v)
+        covered[rows] = True
     if out is None or not covered.all():
         first = np.flatnonzero(~covered)[0] if len(case) else 0
         raise InputError(", ".join(map(str, files.values())) or "oracle",
