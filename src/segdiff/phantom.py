@@ -794,13 +794,13 @@ def generate_case(
     if modality not in _MODALITIES:
         raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
     shape, sp = _check_grid(shape, spacing)
+    if isinstance(render, bool) or int(render) != render or render < 0:
+        raise ValueError(f"render must be a non-negative integer, got {render!r}")
     rng = np.random.default_rng([int(seed), number])
 
     # 1. Everything that does not depend on the grid size: anatomy, geometry, contrast.
     anat = _sample_anatomy(rng)
     fov_centre = np.array([rng.uniform(-10, 10), rng.uniform(-40, 10), rng.uniform(-450, 50)])
-    if isinstance(render, bool) or int(render) != render or render < 0:
-        raise ValueError(f"render must be a non-negative integer, got {render!r}")
     if render:  # an oracle render: same anatomy, fresh acquisition
         rng = np.random.default_rng([int(seed), number, int(render)])
     ct_values, mri_values = _intensity_tables(rng)
