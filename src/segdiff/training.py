@@ -62,7 +62,8 @@ def native_bf16(device: torch.device) -> bool:
     runs convolutions in bf16, 1.6x the fp32 training throughput of the default model measured here)."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch API: absent means no
+    return device.type == "cpu" and any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
