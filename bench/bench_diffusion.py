@@ -7,13 +7,16 @@ In one process, on one device, at the same image size and batch:
   fp32 as published (diffusers ``UNet2DModel``, block_out_channels (128,128,256,256,512,512),
   layers_per_block 2, attention in the fifth down block and its mirror, 1-channel integer mask
   concatenated to the image);
+- model FLOPs utilisation: FLOPs of one training step counted by ``torch.utils.flop_counter``
+  (forward + backward), divided by the step time, against the bf16 dense peak measured in the
+  same run (an 8192^3 matmul) and against the data-sheet peak where the GPU is known;
 - sampling: network evaluations per image (our sampler vs DDPM-1000) and images/s of a sampling
   pass. The reference's 1000-step pass is timed on ``--ref-steps`` steps and extrapolated
   (per-step cost is constant); ours runs in full.
 
     pip install -e ".[bench]"
     python bench/bench_diffusion.py                      # CPU: 64 px, batch 4
-    python bench/bench_diffusion.py --size 256 --batch 16  # GPU: the poster's scale
+    python bench/bench_diffusion.py --size 256 --batch 16 --config config/amos.yaml  # GPU: the poster's scale
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
+
+from torch.utils.flop_counter import FlopCounterMode
 
 from segdiff.config import validate_config
 from segdiff.diffusion import DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, diffusion_loss, make_scheduler
@@ -51,6 +56,29 @@ def reference_model():
 def synchronize(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+#: bf16 dense tensor-core peak (TFLOP/s) from the vendors' data sheets
+DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def datasheet_peak(name: str) -> float | None:
+    return next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
+
+
+def measured_peak_tflops(device) -> float:
+    """bf16 matmul throughput of this GPU, measured now (the roofline the MFU is read against)."""
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    seconds = time_steps(lambda: a @ b, 10, device)
+    return 2 * 8192**3 / seconds / 1e12
+
+
+def step_flops(step) -> int:
+    """FLOPs of one call of ``step`` (forward + backward), counted by torch's FLOP counter."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def time_steps(step, n, device):
@@ -83,6 +111,7 @@ def main(argv=None):
     ref = reference_model().to(device)
     if cuda:
         ours.to(memory_format=torch.channels_last)
+    compiled = torch.compile(ours) if cuda and cfg["diffusion"]["train"]["compile"] else ours
     g = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(args.batch, 1, args.size, args.size, device=device)
     masks = torch.randint(0, NUM_CLASSES, (args.batch, args.size, args.size), device=device)
@@ -90,9 +119,11 @@ def main(argv=None):
     opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-4)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
+    net = ours
+
     def step_ours():
         with autocast:
-            loss = diffusion_loss(ours, scheduler, images, masks, NUM_CLASSES, g)
+            loss = diffusion_loss(net, scheduler, images, masks, NUM_CLASSES, g)
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()
@@ -108,8 +139,15 @@ def main(argv=None):
         loss.backward()
         opt_ref.step()
 
+    flops_ours, flops_ref = step_flops(step_ours), step_flops(step_ref)  # eager: the same arithmetic as compiled
+    net = compiled
+    time_steps(step_ours, 2, device)  # compilation and autotuning before the timed steps
     t_ours = time_steps(step_ours, args.train_steps, device)
     t_ref = time_steps(step_ref, args.train_steps, device)
+    peak = measured_peak_tflops(device) if cuda else None
+    sheet = datasheet_peak(torch.cuda.get_device_name(0)) if cuda else None
+    if cuda:
+        peak_memory_gb = torch.cuda.max_memory_allocated() / 2**30
 
     sampling = SamplerSettings(sampler=cfg["sampling"]["sampler"], steps=cfg["sampling"]["steps"], eta=cfg["sampling"]["eta"],
                                batch_size=args.batch)
@@ -133,6 +171,14 @@ def main(argv=None):
         "params_ref_M": round(sum(p.numel() for p in ref.parameters()) / 1e6, 2),
         "train_images_per_s_ours": round(args.batch / t_ours, 2), "train_images_per_s_ref": round(args.batch / t_ref, 2),
         "train_speedup": round(t_ref / t_ours, 2), "train_goal": 2.5,
+        "compiled": compiled is not ours,
+        "train_tflop_per_step_ours": round(flops_ours / 1e12, 3), "train_tflop_per_step_ref": round(flops_ref / 1e12, 3),
+        "achieved_tflops_ours": round(flops_ours / t_ours / 1e12, 1), "achieved_tflops_ref": round(flops_ref / t_ref / 1e12, 1),
+        "measured_bf16_peak_tflops": round(peak, 1) if peak else None, "datasheet_bf16_peak_tflops": sheet,
+        "mfu_ours_vs_measured": round(flops_ours / t_ours / 1e12 / peak, 3) if peak else None,
+        "mfu_ours_vs_datasheet": round(flops_ours / t_ours / 1e12 / sheet, 3) if sheet else None,
+        "mfu_ref_vs_measured": round(flops_ref / t_ref / 1e12 / peak, 3) if peak else None,
+        "peak_gpu_memory_gb": round(peak_memory_gb, 2) if cuda else None,
         "nfe_ours": sampling.steps, "nfe_ref": 1000, "nfe_ratio": round(1000 / sampling.steps, 1), "nfe_goal": 20,
         "sample_images_per_s_ours": round(args.batch / sample_ours, 3), "sample_images_per_s_ref": round(args.batch / sample_ref, 4),
         "sample_speedup": round(sample_ref / sample_ours, 1),
@@ -141,6 +187,10 @@ def main(argv=None):
           f"reference {figures['params_ref_M']} M")
     print(f"training: ours {figures['train_images_per_s_ours']} img/s, reference {figures['train_images_per_s_ref']} img/s "
           f"-> {figures['train_speedup']}x (goal >= 2.5x)")
+    print(f"FLOPs per step: ours {figures['train_tflop_per_step_ours']} TFLOP, reference {figures['train_tflop_per_step_ref']} TFLOP; "
+          f"achieved ours {figures['achieved_tflops_ours']} TFLOP/s, reference {figures['achieved_tflops_ref']} TFLOP/s; "
+          f"MFU ours {figures['mfu_ours_vs_measured']} of the measured bf16 peak ({figures['measured_bf16_peak_tflops']} TFLOP/s), "
+          f"{figures['mfu_ours_vs_datasheet']} of the data sheet's")
     print(f"sampling: {sampling.sampler}-{sampling.steps} vs DDPM-1000 = {figures['nfe_ratio']}x fewer network evaluations "
           f"(goal >= 20x); ours {figures['sample_images_per_s_ours']} img/s, reference {figures['sample_images_per_s_ref']} img/s "
           f"(extrapolated from {args.ref_steps} steps) -> {figures['sample_speedup']}x")

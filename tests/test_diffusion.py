@@ -13,7 +13,7 @@ from segdiff.dataset import SliceSet
 from segdiff.diffusion import (DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, ablate_masks, make_scheduler, min_snr_weights, fit_diffusion,
                                load_diffusion, one_hot, save_diffusion)
 from segdiff.errors import InputError
-from segdiff.sampling import SamplerSettings, generate, initial_noise, sample_seed
+from segdiff.sampling import SamplerSettings, generate, initial_noise, sample_seed, stochastic_step
 from segdiff.training import TrainSettings, warmup_cosine
 
 TINY = dict(num_classes=4, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4, num_head_channels=8)
@@ -125,6 +125,24 @@ def test_sampling_does_not_depend_on_batch_size_order_or_neighbours(settings):
     # the noise of a slice is its own: the same whatever other slices are in the batch
     assert torch.equal(initial_noise(seeds[:3], (16, 16))[2], initial_noise(seeds[2:3], (16, 16))[0])
     assert sample_seed(7, "case", 1, 0) != sample_seed(7, "case", 1, 1) != sample_seed(8, "case", 1, 1)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.5), ("ddim", 1.0)])
+def test_batched_stochastic_step_equals_monai_step_per_slice(sampler, eta, prediction_type):
+    config = SchedulerConfig(num_train_timesteps=50, prediction_type=prediction_type)
+    scheduler = make_scheduler(config, sampler)
+    scheduler.set_timesteps(50 if sampler == "ddpm" else 10)
+    torch.manual_seed(1)
+    x, prediction = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    for t in [int(scheduler.timesteps[0]), int(scheduler.timesteps[len(scheduler.timesteps) // 2]), 0]:
+        seeds = [11, 12, 13]
+        noise = torch.cat([torch.randn((1, 1, 8, 8), generator=torch.Generator().manual_seed(s)) for s in seeds])
+        ours = stochastic_step(scheduler, prediction, t, x, noise, eta)
+        kwargs = {"eta": eta} if sampler == "ddim" else {}
+        theirs = torch.cat([scheduler.step(prediction[i : i + 1], t, x[i : i + 1], generator=torch.Generator().manual_seed(s),
+                                           **kwargs)[0] for i, s in enumerate(seeds)])
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_strided_ddpm_is_refused():

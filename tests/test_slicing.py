@@ -1,4 +1,6 @@
-"""Intensity normalisation, view orientation, aspect-preserving resize, slice selection."""
+"""Intensity normalisation, view orientation, aspect-preserving resize, slice selection, memory."""
+
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from PIL import Image
 import torch
 import torch.nn.functional as F
 
+from segdiff.shards import write_case_shards
 from segdiff.slicing import fitted_shape, normalise_ct, normalise_mri, resize_stack, slice_volume, view_stack
 from segdiff.volumes import Volume
 
@@ -94,3 +97,31 @@ def test_slice_selection_by_foreground_and_contract():
 def test_unknown_modality_is_rejected():
     with pytest.raises(ValueError, match="unknown modality 'pet'"):
         slice_volume(Volume(*ras_pair()[:2], (1, 1, 1), np.eye(4)), "pet", "axial", 16)
+
+
+def test_native_resolution_ct_slices_within_3x_the_volume(tmp_path):
+    """Slicing a 512 x 512 x 40 CT (0.7 x 0.7 x 5 mm) into three 256 x 256 views peaks at <= 3x the volume's
+    float32 size, the volume itself (image and label) included. Coronal and sagittal slices of such a thin
+    volume alone hold 3.2x its voxels, so the shards must be streamed, not built in memory. The peak is that
+    of numpy buffers (tracemalloc)."""
+    shape = (512, 512, 40)
+    image = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    image *= 300.0
+    label = np.zeros(shape, np.uint8)
+    label[16:-16, 16:-16, :] = 6  # foreground in (nearly) every slice of every view: the largest shards
+    vol = Volume(image=image, label=label, spacing=(0.7, 0.7, 5.0), affine=np.diag([0.7, 0.7, 5.0, 1.0]))
+    held = image.nbytes + label.nbytes
+    del image, label
+    views = ("axial", "coronal", "sagittal")
+    tracemalloc.start()
+    try:
+        counts = write_case_shards(
+            vol, "ct", {v: tmp_path / v / "case.npz" for v in views}, {v: tmp_path / v / "previews" / "case" for v in views},
+            image_size=256, min_foreground=1, ct_window=(-175, 250), mri_percentiles=(0.5, 99.5), previews_per_case=2,
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counts == {"axial": 40, "coronal": 480, "sagittal": 480}
+    ratio = (held + peak) / vol.image.nbytes
+    assert ratio <= 3.0, f"peak {ratio:.2f}x the volume"

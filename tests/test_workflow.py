@@ -19,6 +19,7 @@ from conftest import REPO, TOTALSEG, ras_pair, save
 
 from segdiff.diffusion import load_diffusion
 from segdiff.generation import read_generation
+from segdiff.job_memory import train_mem_mb
 from segdiff.shards import read_shard
 from monai.losses import DiceLoss
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -157,6 +158,9 @@ def test_bad_case_fails_alone_with_keep_going(tmp_path):
     assert proc.returncode != 0
     assert (tmp_path / "run/results/slices/ct/axial/good.npz").exists()
     assert not list((tmp_path / "run/results/slices/ct/axial").glob("bad*"))
+    assert not (tmp_path / "run/results/slices/ct/axial/previews/bad").exists()  # nor its previews
+    assert (tmp_path / "run/results/slices/ct/axial/previews/good").is_dir()
+    assert not list((tmp_path / "run/results").rglob(".*tmp*"))  # no temporary file or folder left behind
     log = (tmp_path / "run/logs/slices/ct/bad.log").read_text().strip().splitlines()
     assert len(log) == 1 and "ERROR" in log[0] and "bad_lab.nii.gz: " in log[0], log
 
@@ -317,4 +321,10 @@ def test_slurm_profile_plans_gpu_jobs():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "gpu=1" in proc.stdout and "mem_mb=32000" in proc.stdout
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    compute = yaml.safe_load((REPO / "profiles/slurm/compute.yaml").read_text())["compute"]
+    # memory requests follow the config: the process plus the loader's batches in flight and its workers
+    expected = train_mem_mb(compute["train_mem_mb"], config["diffusion"]["train"]["batch_size"],
+                            config["preprocess"]["image_size"], compute["loader_workers"], compute["prefetch"])
+    assert expected > compute["train_mem_mb"] + 8 * 400 - 1
+    assert "gpu=1" in proc.stdout and f"mem_mb={expected}" in proc.stdout

@@ -1,19 +1,16 @@
-"""In-memory slice sets assembled from the slicing stage's manifests and shards."""
+"""In-memory slice sets (a test subset, a tiny training set) and the seeded, stratified subset choice.
+
+The whole-dataset view is :class:`segdiff.store.SliceStore` (memory-mapped); both offer ``read``.
+"""
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from segdiff.errors import InputError
-from segdiff.shards import read_shard
-
-__all__ = ["SliceSet", "load_slices", "stratified_subset"]
+__all__ = ["SliceSet", "stratified_subset"]
 
 
 @dataclass
@@ -29,6 +26,19 @@ class SliceSet:
 
     def __len__(self) -> int:
         return len(self.image)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.image.shape[1:])
+
+    @property
+    def classes(self) -> list[int]:
+        """Label ids present in the masks."""
+        return sorted(int(c) for c in np.unique(self.mask))
+
+    def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images and masks at ``index`` (the interface of :meth:`segdiff.store.SliceStore.read`)."""
+        return self.image[index], self.mask[index]
 
     def take(self, index: np.ndarray) -> SliceSet:
         return SliceSet(self.image[index], self.mask[index], self.case[index], self.slice[index], self.view[index])
@@ -60,24 +70,3 @@ def stratified_subset(case: np.ndarray, view: np.ndarray, n: int, seed: int) -> 
         rng = np.random.default_rng([int(seed), zlib.crc32(str(key).encode())])
         chosen.append(rng.choice(members, quota[g], replace=False))
     return np.sort(np.concatenate(chosen))
-
-
-def load_slices(manifests: Sequence[str | Path], splits: Sequence[str], root: str | Path = ".") -> SliceSet:
-    """All slices of the cases in ``splits`` listed by ``manifests`` (shard paths relative to ``root``)."""
-    images, masks, cases, slices, views = [], [], [], [], []
-    for manifest in manifests:
-        table = pd.read_csv(manifest, sep="\t", dtype={"case": str})
-        for row in table[table["split"].isin(splits)].itertuples():
-            shard = read_shard(Path(root) / row.shard)
-            images.append(shard.image)
-            masks.append(shard.mask)
-            cases.append(np.full(len(shard.slice), row.case, dtype=object))
-            slices.append(shard.slice)
-            views.append(np.full(len(shard.slice), row.view, dtype=object))
-    if not images:
-        raise InputError(", ".join(map(str, manifests)), f"no slices in split(s) {list(splits)}")
-    sizes = {im.shape[1:] for im in images}
-    if len(sizes) > 1:
-        raise InputError(", ".join(map(str, manifests)), f"shards have different slice sizes {sorted(sizes)}")
-    return SliceSet(np.concatenate(images), np.concatenate(masks), np.concatenate(cases).astype(str),
-                    np.concatenate(slices).astype(np.int32), np.concatenate(views).astype(str))

@@ -23,6 +23,7 @@ from torch import nn
 
 from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.errors import InputError
+from segdiff.loader import LoaderSettings, Slices, step_loader
 from segdiff.training import TrainResult, TrainSettings, train
 
 __all__ = [
@@ -45,6 +46,7 @@ class DenoiserConfig:
     attention_levels: tuple[bool, ...] = (False, False, True)
     norm_num_groups: int = 16
     num_head_channels: int = 16
+    use_flash_attention: bool = False  # torch scaled_dot_product_attention (flash kernels on CUDA)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -96,6 +98,7 @@ class SegGuidedDenoiser(nn.Module):
             attention_levels=tuple(config.attention_levels),
             norm_num_groups=config.norm_num_groups,
             num_head_channels=config.num_head_channels,
+            use_flash_attention=config.use_flash_attention,
         )
         if not concat:
             self.unet.conv_in = _AddedMaskEmbedding(self.unet.conv_in, config.num_classes, config.channels[0])
@@ -198,7 +201,7 @@ def diffusion_loss(
 
 
 def fit_diffusion(
-    slices,
+    slices: Slices,
     denoiser: DenoiserConfig,
     scheduler_config: SchedulerConfig,
     settings: TrainSettings,
@@ -207,25 +210,28 @@ def fit_diffusion(
     device: torch.device,
     ablation_p: float = 0.0,
     desc: str = "diffusion",
+    loader: LoaderSettings = LoaderSettings(),
 ) -> TrainResult:
-    """Train a :class:`SegGuidedDenoiser` on a :class:`~segdiff.dataset.SliceSet` (kept in device memory).
+    """Train a :class:`SegGuidedDenoiser` on ``slices`` (a memory-mapped
+    :class:`~segdiff.store.SliceStore` or an in-memory :class:`~segdiff.dataset.SliceSet`), read
+    batch by batch through :func:`~segdiff.loader.step_loader`.
 
     Returns the :class:`~segdiff.training.TrainResult` (EMA model, loss history).
     """
     torch.manual_seed(settings.seed)  # weight initialisation
     model = SegGuidedDenoiser(denoiser)
     scheduler = make_scheduler(scheduler_config, "ddpm")
-    images = torch.as_tensor(slices.image, device=device).unsqueeze(1)
-    masks = torch.as_tensor(slices.mask, device=device)
-    n = len(images)
 
-    def loss_fn(net, generator):
-        index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
-        loss = diffusion_loss(net, scheduler, images[index], masks[index], denoiser.num_classes, generator, ablation_p,
+    def loss_fn(net, batch, generator):
+        images, masks = batch
+        loss = diffusion_loss(net, scheduler, images, masks.long(), denoiser.num_classes, generator, ablation_p,
                               scheduler_config.min_snr_gamma)
-        return loss, batch_size
+        return loss, len(images)
 
-    return train(model, loss_fn, settings, checkpoint, device, kind="diffusion", desc=desc)
+    def batches(start):
+        return step_loader(slices, batch_size, settings.seed, start, settings.steps, loader)
+
+    return train(model, loss_fn, batches, settings, checkpoint, device, kind="diffusion", desc=desc)
 
 
 def save_diffusion(path, model: SegGuidedDenoiser, scheduler_config: SchedulerConfig, meta: dict) -> None:

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from segdiff.atomic import atomic_path
-from segdiff.dataset import SliceSet, load_slices
+from segdiff.dataset import SliceSet
 from segdiff.fid_inception import InceptionFeatures
 from segdiff.frd import dominant_feature, frd_from_features, radiomics_features
 from segdiff.generation import read_generation
@@ -46,6 +46,7 @@ from segdiff.oracle import gather_oracle
 from segdiff.poster_inception import PosterInceptionFeatures
 from segdiff.poster_metrics import poster_dice, poster_psnr, poster_ssim
 from segdiff.segmentor import load_segmentor, predict
+from segdiff.store import SliceStore
 from segdiff.training import pick_device
 from segdiff.weights import WeightsUnavailable
 
@@ -223,11 +224,11 @@ def evaluate_run(
     return summary
 
 
-def evaluation_job(label: str, generation: str, segmentor: str, reference_manifests: Sequence[str], oracle: Sequence[str],
+def evaluation_job(label: str, generation: str, segmentor: str, reference_stores: Sequence[str], oracle: Sequence[str],
                    labels: str, device: str, max_slices: int, seed: int, out_dir: str | Path,
                    inception_weights: str = "", poster_inception_weights: str = "") -> dict:
     """The workflow's evaluation job: the real test subset the samplers used, then :func:`evaluate_run`."""
-    reference = load_slices(reference_manifests, ["test"]).subset(max_slices, seed)
+    reference = SliceStore(reference_stores, ["test"]).subset(max_slices, seed)
     return evaluate_run(label, generation, segmentor, reference, load_label_map(labels), pick_device(device), out_dir,
                         oracle=oracle, inception_weights=inception_weights or None,
                         poster_inception_weights=poster_inception_weights or None)

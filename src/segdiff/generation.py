@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from segdiff.atomic import atomic_path
-from segdiff.dataset import SliceSet, load_slices
+from segdiff.dataset import SliceSet
 from segdiff.diffusion import load_diffusion
 from segdiff.errors import InputError
 from segdiff.figures import generation_grid_figure
 from segdiff.labels import load_label_map
 from segdiff.sampling import SamplerSettings, generate, sample_seed
+from segdiff.store import SliceStore
 from segdiff.training import pick_device, use_bf16
 
 __all__ = ["MODES", "run_generation", "read_generation", "sample_run"]
@@ -112,7 +113,7 @@ def read_generation(path: str | Path) -> dict:
 
 def sample_run(
     model_path: str | Path,
-    manifests: Sequence[str | Path],
+    stores: Sequence[str | Path],
     mode: str,
     sampling: Mapping,
     max_slices: int,
@@ -126,12 +127,12 @@ def sample_run(
     reconstruction_grid: str | Path | None = None,
     title: str = "",
 ) -> None:
-    """The workflow's sampling job: the (seeded, stratified) test subset of ``manifests`` through
+    """The workflow's sampling job: the (seeded, stratified) test subset of the slice ``stores`` through
     the model in ``mode``, its ``.npz`` file(s) and their PNG grids."""
     device = pick_device(device)
     settings = SamplerSettings(sampler=sampling["sampler"], steps=sampling["steps"], eta=sampling["eta"],
                                batch_size=sampling["batch_size"], bf16=use_bf16(precision, device))
-    test = load_slices(manifests, ["test"]).subset(max_slices, seed)
+    test = SliceStore(stores, ["test"]).subset(max_slices, seed)
     arrays = run_generation(model_path, test, mode, settings, seed, device, out, k=sampling["k"],
                             reconstruction=reconstruction)
     label_map = load_label_map(labels)

@@ -2,8 +2,9 @@
 
 Every generated slice starts from noise drawn from its own generator, seeded from
 ``(seed, case, slice, k)``; stochastic samplers (DDPM, DDIM with eta > 0) also draw each step's
-noise from per-slice generators. Results therefore do not depend on the batch size, on the order
-of jobs, or on which other slices are sampled alongside.
+noise from per-slice generators, and step the whole batch at once (:func:`stochastic_step`).
+Results therefore do not depend on the batch size, on the order of jobs, or on which other slices
+are sampled alongside.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.networks.schedulers import DDIMScheduler
 from tqdm.auto import tqdm
 
 from segdiff.diffusion import from_model_range, make_scheduler, one_hot
 from segdiff.training import native_bf16
 
-__all__ = ["SamplerSettings", "sample_seed", "initial_noise", "generate"]
+__all__ = ["SamplerSettings", "sample_seed", "initial_noise", "stochastic_step", "generate"]
 
 
 @dataclass
@@ -45,6 +47,40 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
         g.manual_seed(s)
         out[i] = torch.randn((1, *shape), generator=g)
     return out
+
+
+def stochastic_step(scheduler, prediction: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor,
+                    eta: float = 1.0) -> torch.Tensor:
+    """One DDPM or DDIM (eta > 0) step of a batch with the given ``noise`` (one draw per slice).
+
+    MONAI's ``step`` draws the noise of the whole batch from one generator; this is its update
+    (DDPM: Ho et al. eq. 7; DDIM: Song et al. eq. 12 and 16) with the noise passed in, so that each
+    slice keeps its own generator while the batch steps together. ``tests/test_diffusion.py``
+    checks it against MONAI's ``step`` slice by slice.
+    """
+    prediction, x = prediction.float(), x.float()
+    alphas = scheduler.alphas_cumprod.to(x.device)
+    kind = scheduler.prediction_type
+    a_t = alphas[t]
+    if kind == "epsilon":
+        x0, eps = (x - (1 - a_t).sqrt() * prediction) / a_t.sqrt(), prediction
+    elif kind == "sample":
+        x0, eps = prediction, (x - a_t.sqrt() * prediction) / (1 - a_t).sqrt()
+    else:  # v_prediction
+        x0, eps = a_t.sqrt() * x - (1 - a_t).sqrt() * prediction, a_t.sqrt() * prediction + (1 - a_t).sqrt() * x
+    if scheduler.clip_sample:
+        x0 = x0.clamp(*scheduler.clip_sample_values)
+    if isinstance(scheduler, DDIMScheduler):
+        prev = t - scheduler.num_train_timesteps // scheduler.num_inference_steps
+        a_prev = alphas[prev] if prev >= 0 else scheduler.final_alpha_cumprod.to(x.device)
+        sigma = eta * (scheduler._get_variance(t, prev) ** 0.5)
+        return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * noise
+    a_prev = alphas[t - 1] if t > 0 else torch.ones((), device=x.device)
+    beta, alpha = scheduler.betas.to(x.device)[t], scheduler.alphas.to(x.device)[t]
+    mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a_t)) * x
+    if t == 0:
+        return mean
+    return mean + scheduler._get_variance(t).to(x.device) ** 0.5 * noise
 
 
 @torch.no_grad()
@@ -89,14 +125,11 @@ def generate(
             timesteps = torch.full((len(x),), int(t), device=device, dtype=torch.long)
             with autocast:
                 prediction = model(x, timesteps, cond).float()
-            if not stochastic:  # DDIM with eta 0: no noise, the whole batch in one step
+            if not stochastic:  # DDIM with eta 0: no noise
                 x, _ = scheduler.step(prediction, int(t), x)
             else:
-                kwargs = {"eta": settings.eta} if settings.sampler == "ddim" else {}
-                x = torch.cat([
-                    scheduler.step(prediction[i : i + 1], int(t), x[i : i + 1], generator=g, **kwargs)[0]
-                    for i, g in enumerate(step_generators)
-                ])
+                noise = torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=device) for g in step_generators])
+                x = stochastic_step(scheduler, prediction, int(t), x, noise, settings.eta)
             bar.update()
         out[start : start + len(x)] = from_model_range(x)[:, 0].float().cpu().numpy()
     bar.close()

@@ -19,6 +19,7 @@ from torch import nn
 
 from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.errors import InputError
+from segdiff.loader import LoaderSettings, Slices, step_loader
 from segdiff.training import TrainResult, TrainSettings, train
 
 __all__ = ["SegmentorConfig", "build_segmentor", "augment", "fit_segmentor", "save_segmentor", "load_segmentor", "predict"]
@@ -68,9 +69,11 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     return (images.clamp(0, 1) ** g * a + c).clamp(0, 1), masks
 
 
-def fit_segmentor(slices, config: SegmentorConfig, settings: TrainSettings, batch_size: int, checkpoint,
-                  device: torch.device, desc: str = "segmentor", augmentation: bool = True) -> TrainResult:
-    """Train on a :class:`~segdiff.dataset.SliceSet` with DiceCE loss (kept in device memory).
+def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettings, batch_size: int, checkpoint,
+                  device: torch.device, desc: str = "segmentor", augmentation: bool = True,
+                  loader: LoaderSettings = LoaderSettings()) -> TrainResult:
+    """Train on ``slices`` (a :class:`~segdiff.store.SliceStore` or a :class:`~segdiff.dataset.SliceSet`,
+    read batch by batch through :func:`~segdiff.loader.step_loader`) with DiceCE loss.
 
     The Dice term is computed over the whole batch (``batch=True``): with a per-image Dice the
     many organs absent from a slice hold the loss on a plateau (near 0.65 here for 1,000 steps).
@@ -80,18 +83,17 @@ def fit_segmentor(slices, config: SegmentorConfig, settings: TrainSettings, batc
     torch.manual_seed(settings.seed)
     model = build_segmentor(config)
     loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    images = torch.as_tensor(slices.image, device=device).unsqueeze(1)
-    masks = torch.as_tensor(slices.mask, device=device).unsqueeze(1)
-    n = len(images)
 
-    def loss_fn(net, generator):
-        index = torch.randint(0, n, (batch_size,), generator=generator, device=device)
-        x, y = images[index], masks[index]
+    def loss_fn(net, batch, generator):
+        x, y = batch[0], batch[1].unsqueeze(1)
         if augmentation:
             x, y = augment(x, y, generator)
-        return loss(net(x).float(), y.long()), batch_size
+        return loss(net(x).float(), y.long()), len(x)
 
-    return train(model, loss_fn, settings, checkpoint, device, kind="segmentor", desc=desc)
+    def batches(start):
+        return step_loader(slices, batch_size, settings.seed, start, settings.steps, loader)
+
+    return train(model, loss_fn, batches, settings, checkpoint, device, kind="segmentor", desc=desc)
 
 
 def save_segmentor(path, model: nn.Module, config: SegmentorConfig, meta: dict) -> None:

@@ -10,7 +10,9 @@ Manifest ``manifest.tsv``: one row per case with ``case, modality, view, split, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+import shutil
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from PIL import Image
 
 from segdiff.atomic import atomic_dir, atomic_path
 from segdiff.errors import InputError
-from segdiff.slicing import Shard, normalise, slice_volume
+from segdiff.slicing import Shard, ViewSlices, normalise, select_slices
 from segdiff.volumes import Volume
 
 __all__ = ["write_case_shards", "read_shard", "preview_indices", "build_manifest", "MANIFEST_COLUMNS"]
@@ -34,11 +36,55 @@ def preview_indices(n: int, count: int) -> list[int]:
     return sorted({int(round(q)) for q in np.linspace(0, n - 1, count + 2)[1:-1]}) or [n // 2]
 
 
-def _write_previews(shard: Shard, folder: Path, count: int) -> None:
-    for i in preview_indices(len(shard.slice), count):
-        stem = f"slice_{int(shard.slice[i]):04d}"
-        Image.fromarray(np.rint(shard.image[i] * 255).astype(np.uint8)).save(folder / f"{stem}_image.png")
-        Image.fromarray(shard.mask[i]).save(folder / f"{stem}_mask.png")
+def _write_previews(shown: Mapping[int, tuple[np.ndarray, np.ndarray]], folder: Path) -> None:
+    for index, (image, mask) in shown.items():
+        stem = f"slice_{index:04d}"
+        Image.fromarray(np.rint(image * 255).astype(np.uint8)).save(folder / f"{stem}_image.png")
+        Image.fromarray(mask).save(folder / f"{stem}_mask.png")
+
+
+def _stream_npy(zf: zipfile.ZipFile, name: str, blocks: Iterable[np.ndarray], shape: tuple[int, ...], dtype,
+                rows: Sequence[int]) -> dict[int, np.ndarray]:
+    """Write consecutive ``blocks`` of one array as member ``name.npy`` of an open npz; return its ``rows``."""
+    picked, start = {}, 0
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as f:  # what np.savez does, one block at a time
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        for block in blocks:
+            f.write(np.ascontiguousarray(block, dtype))
+            picked.update((i, block[i - start].copy()) for i in rows if start <= i < start + len(block))
+            start += len(block)
+    if start != shape[0]:
+        raise RuntimeError(f"{name}: wrote {start} slices, announced {shape[0]}")
+    return picked
+
+
+def _write_shard(cut: ViewSlices, path: Path, preview_count: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Write the shard of ``cut`` (the layout :meth:`Shard.save` writes) with one chunk of slices in memory
+    at a time; return the (image, mask) of the preview slices by slice index."""
+    shape, rows = (len(cut.slice), cut.size, cut.size), preview_indices(len(cut.slice), preview_count)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        images = _stream_npy(zf, "image", cut.images(), shape, np.float32, rows)
+        masks = _stream_npy(zf, "mask", cut.masks(), shape, np.uint8, rows)
+        for name, value in (("slice", cut.slice), ("pixel_mm", np.float32(cut.pixel_mm))):
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value))
+    return {int(cut.slice[i]): (images[i], masks[i]) for i in rows}
+
+
+def _remove_on_failure(paths: Iterable[str | Path]):
+    """ExitStack exit callback: if the block failed, remove ``paths`` (files or folders) if they exist."""
+
+    def remove(exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            for path in map(Path, paths):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        return False
+
+    return remove
 
 
 def write_case_shards(
@@ -55,20 +101,24 @@ def write_case_shards(
 ) -> dict[str, int]:
     """Slice ``volume`` in each view of ``shards`` (view -> .npz path) and write its preview folder.
 
-    ``volume.image`` is normalised in place (it is the largest array; a copy would cost one
-    more volume of memory). All views are computed first and written to temporary names that are renamed only once
-    everything is written, so a failure leaves no output at all. Returns the number of slices per view.
+    Memory: ``volume.image`` is normalised in place (a copy would cost one more volume), and each
+    view's slices are resized a chunk at a time and streamed into its shard, so beyond the volume
+    only a few chunks are held, however many slices a view has.
+
+    All outputs are written to temporary names, renamed once everything is written. If anything
+    fails, a rename included, the outputs renamed so far are removed: no output of the case is left
+    (nor one of an earlier run, so that views of two runs never mix). Returns the slices per view.
     """
     normalised = normalise(volume.image, modality, ct_window, mri_percentiles, out=volume.image)
-    cut = {
-        view: slice_volume(volume, modality, view, image_size, min_foreground, normalised=normalised)
-        for view in shards
-    }
-    with contextlib.ExitStack() as pending:  # all files appear together, at the end, or none does
-        for view, shard in cut.items():
-            shard.save(pending.enter_context(atomic_path(shards[view])))
-            _write_previews(shard, pending.enter_context(atomic_dir(previews[view])), previews_per_case)
-    return {view: len(shard.slice) for view, shard in cut.items()}
+    counts = {}
+    with contextlib.ExitStack() as pending:  # exits in reverse: all renames, then the rollback if one failed
+        pending.push(_remove_on_failure([*shards.values(), *previews.values()]))
+        for view, path in shards.items():
+            cut = select_slices(volume, normalised, view, image_size, min_foreground)
+            shown = _write_shard(cut, pending.enter_context(atomic_path(path)), previews_per_case)
+            _write_previews(shown, pending.enter_context(atomic_dir(previews[view])))
+            counts[view] = len(cut.slice)
+    return counts
 
 
 def read_shard(path: str | Path) -> Shard:

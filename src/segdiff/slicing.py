@@ -14,6 +14,7 @@ sagittal      X (R)        superior -> inferior         anterior -> posterior
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,7 +22,8 @@ import numpy as np
 
 from segdiff.volumes import Volume
 
-__all__ = ["VIEWS", "Shard", "normalise_ct", "normalise_mri", "normalise", "view_stack", "resize_stack", "slice_volume"]
+__all__ = ["VIEWS", "Shard", "normalise_ct", "normalise_mri", "normalise", "view_stack", "resize_stack",
+           "resize_chunks", "ViewSlices", "select_slices", "slice_volume"]
 
 View = Literal["axial", "coronal", "sagittal"]
 VIEWS: tuple[View, ...] = ("axial", "coronal", "sagittal")
@@ -105,35 +107,105 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
 
 
-def resize_stack(stack: np.ndarray, pixel: tuple[float, float], size: int, *, labels: bool,
-                 index: np.ndarray | None = None, chunk: int = 16) -> tuple[np.ndarray, float]:
-    """Resize slices of ``stack`` to ``size`` x ``size`` keeping the physical aspect ratio.
+_CHUNK_VOXELS = 2**21  # pixels per chunk, in and out (8 MiB as float32): a few such buffers are all the working memory
 
-    The longer physical side fills ``size`` pixels; the other is centred and padded with 0.
-    Images use antialiased bilinear interpolation, label masks nearest neighbour. ``index``
-    selects the slices to resize (all by default); they are processed ``chunk`` at a time so
-    that no full-size copy of the stack is made. Returns the resized slices and the isotropic
-    output pixel size in mm.
-    """
+
+def resize_chunks(stack: np.ndarray, pixel: tuple[float, float], size: int, *, labels: bool,
+                  index: np.ndarray | None = None, chunk: int | None = None) -> Iterator[np.ndarray]:
+    """The slices ``index`` of ``stack`` (all by default) resized as by :func:`resize_stack`, as consecutive
+    (n, size, size) blocks of ``chunk`` slices: by default about ``_CHUNK_VOXELS`` input or output pixels,
+    and at most an eighth of the stack, so that the buffers stay small next to the volume."""
     _, rows, cols = stack.shape
     index = np.arange(len(stack)) if index is None else np.asarray(index)
-    (h, w), out_pixel = fitted_shape((rows, cols), pixel, size)
-    out = np.zeros((len(index), size, size), dtype=np.uint8 if labels else np.float32)
+    chunk = chunk or max(1, min(_CHUNK_VOXELS // max(rows * cols, size * size), len(stack) // 8))
+    (h, w), _ = fitted_shape((rows, cols), pixel, size)
     top, left = (size - h) // 2, (size - w) // 2
     if labels:
         r, c = _nearest_index(rows, h), _nearest_index(cols, w)
     else:
         wr, wc = _bilinear_weights(rows, h), _bilinear_weights(cols, w).T
     for start in range(0, len(index), chunk):
-        block = stack[index[start : start + chunk]]
-        n = len(block)
-        if labels:
-            resized = block[:, r][:, :, c]
+        ids = index[start : start + chunk]
+        n = len(ids)
+        if labels:  # one gather, straight to the output pixels
+            resized = stack[ids[:, None, None], r[:, None], c]
         else:  # two large matrix products (columns, then rows) instead of n small ones
-            cols_done = (np.ascontiguousarray(block, dtype=np.float32).reshape(n * rows, cols) @ wc).reshape(n, rows, w)
+            block = np.empty((n, rows, cols), np.float32)
+            for j, i in enumerate(ids):  # slice by slice: no strided copy of the whole block first
+                block[j] = stack[i]
+            cols_done = (block.reshape(n * rows, cols) @ wc).reshape(n, rows, w)
+            del block
             resized = (wr @ cols_done.transpose(1, 0, 2).reshape(rows, n * w)).reshape(h, n, w).transpose(1, 0, 2)
-        out[start : start + n, top : top + h, left : left + w] = resized
-    return out, out_pixel
+        out = np.zeros((n, size, size), dtype=np.uint8 if labels else np.float32)
+        out[:, top : top + h, left : left + w] = resized
+        yield out
+
+
+def _gather(blocks: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> np.ndarray:
+    """Consecutive blocks written into one preallocated array (no list of blocks plus a concatenated copy)."""
+    out, start = np.empty(shape, dtype), 0
+    for block in blocks:
+        out[start : start + len(block)] = block
+        start += len(block)
+    return out
+
+
+def resize_stack(stack: np.ndarray, pixel: tuple[float, float], size: int, *, labels: bool,
+                 index: np.ndarray | None = None, chunk: int | None = None) -> tuple[np.ndarray, float]:
+    """Resize slices of ``stack`` to ``size`` x ``size`` keeping the physical aspect ratio.
+
+    The longer physical side fills ``size`` pixels; the other is centred and padded with 0.
+    Images use antialiased bilinear interpolation, label masks nearest neighbour. ``index``
+    selects the slices to resize (all by default); they are processed a chunk at a time (see
+    :func:`resize_chunks`) so that no full-size copy of the stack is made. Returns the resized
+    slices and the isotropic output pixel size in mm.
+    """
+    index = np.arange(len(stack)) if index is None else np.asarray(index)
+    blocks = resize_chunks(stack, pixel, size, labels=labels, index=index, chunk=chunk)
+    out = _gather(blocks, (len(index), size, size), np.uint8 if labels else np.float32)
+    return out, fitted_shape(stack.shape[1:], pixel, size)[1]
+
+
+@dataclass
+class ViewSlices:
+    """The selected slices of one view, resized on demand a chunk at a time (see :func:`select_slices`).
+
+    The stacks are views of the volume, so holding this costs no memory; :meth:`images` and
+    :meth:`masks` yield consecutive (n, size, size) blocks of the shard's ``image`` and ``mask``.
+    """
+
+    image_stack: np.ndarray  # normalised image in display orientation (a view, no copy)
+    mask_stack: np.ndarray
+    pixel: tuple[float, float]  # (row, col) pixel size of the stacks in mm
+    size: int
+    slice: np.ndarray  # int32 (N,), the selected slices
+    pixel_mm: float
+
+    def images(self) -> Iterator[np.ndarray]:
+        for block in resize_chunks(self.image_stack, self.pixel, self.size, labels=False, index=self.slice):
+            yield np.clip(block, 0.0, 1.0, out=block)
+
+    def masks(self) -> Iterator[np.ndarray]:
+        return resize_chunks(self.mask_stack, self.pixel, self.size, labels=True, index=self.slice)
+
+    def shard(self) -> Shard:
+        """All selected slices in memory."""
+        shape = (len(self.slice), self.size, self.size)
+        return Shard(image=_gather(self.images(), shape, np.float32), mask=_gather(self.masks(), shape, np.uint8),
+                     slice=self.slice, pixel_mm=self.pixel_mm)
+
+
+def select_slices(volume: Volume, normalised: np.ndarray, view: str, image_size: int, min_foreground: int = 1) -> ViewSlices:
+    """The slices of one view with at least ``min_foreground`` mask pixels after resizing to ``image_size``.
+
+    ``normalised`` is the normalised image of ``volume``. Only the per-slice foreground counts are
+    kept here; the resized slices are computed when :class:`ViewSlices` is iterated.
+    """
+    mask_stack, pixel = view_stack(volume.label, volume.spacing, view)
+    counts = [np.count_nonzero(b.reshape(len(b), -1), axis=1) for b in resize_chunks(mask_stack, pixel, image_size, labels=True)]
+    keep = np.flatnonzero(np.concatenate([np.zeros(0, np.int64), *counts]) >= min_foreground).astype(np.int32)
+    image_stack, _ = view_stack(normalised, volume.spacing, view)
+    return ViewSlices(image_stack, mask_stack, pixel, image_size, keep, fitted_shape(mask_stack.shape[1:], pixel, image_size)[1])
 
 
 def slice_volume(
@@ -151,10 +223,4 @@ def slice_volume(
     ``normalised`` may pass the already normalised image to share that work between views.
     """
     image = normalise(volume.image, modality, ct_window, mri_percentiles) if normalised is None else normalised
-    mask_stack, pixel = view_stack(volume.label, volume.spacing, view)
-    masks, out_pixel = resize_stack(mask_stack, pixel, image_size, labels=True)
-    keep = np.flatnonzero(np.count_nonzero(masks.reshape(len(masks), -1), axis=1) >= min_foreground)
-    image_stack, _ = view_stack(image, volume.spacing, view)
-    images, _ = resize_stack(image_stack, pixel, image_size, labels=False, index=keep)
-    np.clip(images, 0.0, 1.0, out=images)
-    return Shard(image=images, mask=masks[keep], slice=keep.astype(np.int32), pixel_mm=out_pixel)
+    return select_slices(volume, image, view, image_size, min_foreground).shard()

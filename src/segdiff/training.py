@@ -14,9 +14,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -32,8 +33,13 @@ __all__ = ["TrainSettings", "TrainResult", "train", "pick_device", "native_bf16"
 
 log = logging.getLogger(__name__)
 
-#: ``loss_fn(model, generator) -> (loss, images in the batch)``; draws its own batch with ``generator``.
-LossFn = Callable[[nn.Module, torch.Generator], tuple[torch.Tensor, int]]
+#: ``loss_fn(model, batch, generator) -> (loss, images in the batch)``: ``batch`` comes from the
+#: ``batches`` iterable of :func:`train`, on the training device; ``generator`` draws its noise.
+LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, int]]
+
+#: ``batches(start_step)``: the batches of steps ``start_step .. steps - 1``, in order (e.g. a
+#: :func:`segdiff.loader.step_loader`), so that a resumed run reads the same batches.
+Batches = Callable[[int], Iterable]
 
 
 @dataclass
@@ -99,6 +105,7 @@ def _after_step(step: int) -> None:
 def train(
     model: nn.Module,
     loss_fn: LossFn,
+    batches: Batches,
     settings: TrainSettings,
     checkpoint: str | Path,
     device: torch.device,
@@ -133,7 +140,7 @@ def train(
         history, step = list(state["history"]), int(state["step"])
         log.info("%s: resumed from %s at step %d", desc, checkpoint, step)
     resumed_from = step
-    forward = torch.compile(model) if settings.compile else model
+    forward = torch.compile(model) if settings.compile and cuda else model  # CPU: compiling costs more than it saves
     bf16 = native_bf16(device) if settings.bf16 is None else settings.bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -146,9 +153,12 @@ def train(
     model.train()
     bar = tqdm(total=settings.steps, initial=step, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
     tick = time.perf_counter()
-    while step < settings.steps:
+    for batch in batches(step):
+        if step >= settings.steps:
+            break
+        batch = [t.to(device, non_blocking=True) for t in batch]
         with autocast:
-            loss, n_images = loss_fn(forward, generator)
+            loss, n_images = loss_fn(forward, batch, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0:
@@ -168,6 +178,8 @@ def train(
             save_checkpoint()
         _after_step(step)
     bar.close()
+    if step < settings.steps:
+        raise RuntimeError(f"{desc}: the batches ran out at step {step} of {settings.steps}")
     save_checkpoint()
     ema.module.eval()
     return TrainResult(ema=ema.module, history=history, resumed_from=resumed_from)

@@ -6,9 +6,11 @@ import pandas as pd
 
 from segdiff.casesheet import assign_splits, read_case_sheet, sheet_from_amos, validate_case_sheet
 from segdiff.config import parse_run, validate_config
+from segdiff.download import AMOS_FOLDER
 from segdiff.errors import ConfigError
 from segdiff.labels import load_label_map, load_remap
 from segdiff.phantom import phantom_cases
+from segdiff.job_memory import evaluate_mem_mb, sample_mem_mb, slices_bound, train_mem_mb
 from segdiff.tables import run_label
 
 REPO = Path(workflow.basedir)
@@ -28,8 +30,16 @@ def phantom_files(kind):
     return [f"{PHANTOM_ROOT}/{c[kind]}" for c in phantom_cases(p["n_ct"], p["n_mri"], p["val_fraction"])]
 
 
-def _case_sheet() -> pd.DataFrame:
-    """The validated case table with a split for every case (read once, at parse time)."""
+AMOS = config["dataset"]["source"] == "amos"
+AMOS_ROOT = config["dataset"]["amos_root"]
+if AMOS and not Path(AMOS_ROOT, "dataset.json").is_file():
+    if not AMOS_ROOT or Path(AMOS_ROOT).name != AMOS_FOLDER:
+        raise ConfigError("dataset.amos_root", f"{AMOS_ROOT or '(empty)'} holds no dataset.json: point it at your AMOS22 "
+                          f"folder, or at a folder named {AMOS_FOLDER} that the workflow downloads AMOS22 into")
+
+
+def _case_sheet() -> pd.DataFrame | None:
+    """The validated case table with a split for every case; None while AMOS22 is not downloaded yet."""
     data = config["dataset"]
     schema = REPO / "config/schemas/cases.schema.yaml"
     if data["source"] == "phantom":
@@ -42,8 +52,10 @@ def _case_sheet() -> pd.DataFrame:
         sheet = validate_case_sheet(pd.DataFrame(rows), schema, "phantom plan", check_files=False)
     elif data["source"] == "sheet":
         sheet = read_case_sheet(data["sheet"], schema)
+    elif not Path(AMOS_ROOT, "dataset.json").is_file():
+        return None
     else:
-        sheet = validate_case_sheet(sheet_from_amos(data["amos_root"]), schema, f"{data['amos_root']}/dataset.json")
+        sheet = validate_case_sheet(sheet_from_amos(AMOS_ROOT), schema, f"{AMOS_ROOT}/dataset.json")
     return assign_splits(sheet, data["split"], config["seed"]).set_index("case", drop=False)
 
 
@@ -53,7 +65,23 @@ if config["dataset"]["remap"]:
     load_remap(config["dataset"]["remap"], LABELS)
 
 CASES = _case_sheet()
-MODALITIES = sorted(CASES["modality"].unique())
+# AMOS22 holds both (ids < 500 are CT, the rest MRI): known before the download
+MODALITIES = sorted(CASES["modality"].unique()) if CASES is not None else ["ct", "mri"]
+
+
+def case_table() -> pd.DataFrame:
+    """The case table. Before AMOS22 is downloaded, asking for it makes the jobs that need it wait
+    for the checkpoint ``amos_download``; Snakemake re-plans once it has run."""
+    global CASES
+    if CASES is None:
+        checkpoints.amos_download.get()
+        CASES = _case_sheet()
+    return CASES
+
+
+def amos_data(wildcards):
+    """The AMOS22 folder (the checkpoint's output) for source amos; nothing otherwise."""
+    return checkpoints.amos_download.get().output if AMOS else []
 
 
 wildcard_constraints:
@@ -66,11 +94,12 @@ wildcard_constraints:
 
 
 def cases_of(modality):
-    return CASES[CASES["modality"] == modality]
+    cases = case_table()
+    return cases[cases["modality"] == modality]
 
 
 def case_input(wildcards):
-    row = CASES.loc[wildcards.case]
+    row = case_table().loc[wildcards.case]
     return {"image": row["image"], "label": row["label"]}
 
 
@@ -125,10 +154,38 @@ MODEL_RUNS = _model_runs()
 MULTIMODAL_RUNS = _multimodal_runs()
 
 
-def run_manifests(wildcards):
-    """Manifests of the slice views behind a model view (wildcards modality or source, view)."""
+def stores_of(modality, view):
+    """Memory-mapped slice stores of the slice views behind a model view."""
+    return expand("results/slices/{modality}/{view}/store", modality=modality, view=slice_views(view))
+
+
+def run_stores(wildcards):
+    """Slice stores a model job reads (wildcards modality or source, view)."""
+    return stores_of(wildcards.get("source", None) or wildcards.modality, wildcards.view)
+
+
+COMPUTE = config["compute"]
+
+
+def _test_slices(modality, view):
+    """Test slices a sampling or evaluation job of this modality x view holds (a bound; before the
+    AMOS22 download, AMOS's 500 CT cases stand for either modality)."""
+    test_cases = int((cases_of(modality)["split"] == "test").sum()) if CASES is not None else 500
+    return slices_bound(config["evaluation"]["max_slices"], test_cases, len(slice_views(view)))
+
+
+def train_mem(batch_size):
+    return train_mem_mb(COMPUTE["train_mem_mb"], batch_size, PRE["image_size"], COMPUTE["loader_workers"], COMPUTE["prefetch"])
+
+
+def sample_mem(wildcards):
     modality = wildcards.get("source", None) or wildcards.modality
-    return expand("results/slices/{modality}/{view}/manifest.tsv", modality=modality, view=slice_views(wildcards.view))
+    return sample_mem_mb(COMPUTE["sample_mem_mb"], _test_slices(modality, wildcards.view), config["sampling"]["k"], PRE["image_size"])
+
+
+def evaluate_mem(wildcards):
+    source, modality, view = EVALUATION_RUNS[wildcards.run]
+    return evaluate_mem_mb(COMPUTE["sample_mem_mb"], _test_slices(source or modality, view), config["sampling"]["k"], PRE["image_size"])
 
 
 def _evaluation_runs():
@@ -160,7 +217,7 @@ def evaluation_inputs(wildcards):
     source, modality, view = EVALUATION_RUNS[run]
     return {
         "segmentor": f"results/models/segmentor/{modality}.pt",
-        "reference": expand("results/slices/{modality}/{view}/manifest.tsv", modality=modality, view=slice_views(view)),
+        "reference": stores_of(modality, view),
         "generation": f"results/samples/{run}/{'multimodal' if source else 'multi_inference'}.npz",
         "oracle": oracle_files(source or modality, modality, view),
     }

@@ -1,4 +1,4 @@
-# Stage 1: volumes -> case table -> NPZ slice shards (+ PNG previews) -> manifests -> preview figure.
+# Stage 1: volumes -> case table -> NPZ slice shards (+ PNG previews) -> manifests + memory-mapped stores -> preview figure.
 
 
 rule phantom:
@@ -20,11 +20,33 @@ rule phantom:
         "../scripts/phantom.py"
 
 
+if AMOS:
+
+    checkpoint amos_download:
+        # Target rule (not in `all`): AMOS22 from Zenodo, license and citation logged first, resumable,
+        # md5-verified, unpacked without zip-slip; nothing happens when amos_root holds dataset.json.
+        output:
+            directory(AMOS_ROOT),
+        params:
+            **config["dataset"]["amos_download"],
+        log:
+            "logs/data/amos_download.log",
+        resources:
+            mem_mb=1000,
+            runtime=12 * 60,
+        conda:
+            "../../envs/segdiff.yaml"
+        script:
+            "../scripts/amos_download.py"
+
+
 rule cases:
+    input:
+        amos_data,
     output:
         "results/data/cases.tsv",
     params:
-        cases=CASES.to_dict("records"),
+        cases=lambda w: case_table().to_dict("records"),
     log:
         "logs/cases.log",
     resources:
@@ -65,7 +87,8 @@ rule manifest:
     input:
         shards_of,
     output:
-        "results/slices/{modality}/{view}/manifest.tsv",
+        manifest="results/slices/{modality}/{view}/manifest.tsv",
+        store=directory("results/slices/{modality}/{view}/store"),
     wildcard_constraints:
         view="axial|coronal|sagittal",
     params:
@@ -124,7 +147,7 @@ rule provenance:
 rule oracle_case:
     # Phantom only: k fresh acquisitions of a test case's anatomy (ground truth of p(image | mask)).
     input:
-        label=lambda w: CASES.loc[w.case, "label"],
+        label=lambda w: case_table().loc[w.case, "label"],
     output:
         renders=expand("results/oracle/{{contrast}}/{view}/{{case}}.npz", view=VIEWS),
     params:

@@ -3,7 +3,7 @@
 
 rule train_diffusion:
     input:
-        manifests=run_manifests,
+        stores=run_stores,
     output:
         model="results/models/diffusion/{modality}_{view}.pt",
         loss="results/models/diffusion/{modality}_{view}_loss.csv",
@@ -19,6 +19,7 @@ rule train_diffusion:
         device=config["compute"]["device"],
         precision=config["compute"]["precision"],
         seed=config["seed"],
+        loader=COMPUTE,
     log:
         "logs/diffusion/train_{modality}_{view}.log",
     benchmark:
@@ -26,7 +27,7 @@ rule train_diffusion:
     threads: config["compute"]["train_threads"]
     priority: 10  # the longest jobs of the study: start them first
     resources:
-        mem_mb=config["compute"]["train_mem_mb"],
+        mem_mb=train_mem(config["diffusion"]["train"]["batch_size"]),
         runtime=config["compute"]["train_runtime_min"],
         gpu=config["compute"]["gpus"],
     conda:
@@ -38,7 +39,7 @@ rule train_diffusion:
 rule sample_diffusion:
     input:
         model="results/models/diffusion/{modality}_{view}.pt",
-        manifests=run_manifests,
+        stores=run_stores,
     output:
         samples="results/samples/{modality}_{view}/multi_inference.npz",
         grid=report(
@@ -66,7 +67,7 @@ rule sample_diffusion:
         "benchmarks/diffusion/sample_{modality}_{view}.tsv"
     threads: config["compute"]["sample_threads"]
     resources:
-        mem_mb=config["compute"]["train_mem_mb"],
+        mem_mb=sample_mem,
         runtime=config["compute"]["train_runtime_min"],
         gpu=config["compute"]["gpus"],
     conda:

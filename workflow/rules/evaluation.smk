@@ -3,7 +3,7 @@
 
 rule train_segmentor:
     input:
-        manifests=lambda w: expand("results/slices/{modality}/{view}/manifest.tsv", modality=w.modality, view=VIEWS),
+        stores=lambda w: expand("results/slices/{modality}/{view}/store", modality=w.modality, view=VIEWS),
     output:
         model="results/models/segmentor/{modality}.pt",
         loss="results/models/segmentor/{modality}_loss.csv",
@@ -14,6 +14,7 @@ rule train_segmentor:
         device=config["compute"]["device"],
         precision=config["compute"]["precision"],
         seed=config["seed"],
+        loader=COMPUTE,
     log:
         "logs/segmentor/train_{modality}.log",
     benchmark:
@@ -21,7 +22,7 @@ rule train_segmentor:
     threads: config["compute"]["train_threads"]
     priority: 5  # after the diffusion models (the longest jobs), before sampling
     resources:
-        mem_mb=config["compute"]["train_mem_mb"],
+        mem_mb=train_mem(config["segmentor"]["train"]["batch_size"]),
         runtime=config["compute"]["train_runtime_min"],
         gpu=config["compute"]["gpus"],
     conda:
@@ -51,7 +52,7 @@ rule evaluate:
         "benchmarks/evaluation/{run}.tsv"
     threads: config["compute"]["sample_threads"]
     resources:
-        mem_mb=config["compute"]["train_mem_mb"],
+        mem_mb=evaluate_mem,
         runtime=60,
         gpu=config["compute"]["gpus"],
     conda:

@@ -1,15 +1,12 @@
 import pandas as pd
 
-from segdiff.atomic import atomic_path
 from segdiff.runtime import run_script
-from segdiff.shards import build_manifest
+from segdiff.store import write_subset
 
 
 def main():
-    rows = pd.DataFrame(snakemake.params.rows)
-    manifest = build_manifest(rows, dict(zip(rows["case"], snakemake.input)), snakemake.wildcards.view)
-    with atomic_path(snakemake.output[0]) as tmp:
-        manifest.to_csv(tmp, sep="\t", index=False)
+    o = snakemake.output
+    write_subset(pd.DataFrame(snakemake.params.rows), snakemake.input, snakemake.wildcards.view, o.manifest, o.store)
 
 
 run_script(snakemake, main)

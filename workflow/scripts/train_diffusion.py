@@ -1,12 +1,11 @@
 from pathlib import Path
 
-import numpy as np
-
-from segdiff.dataset import load_slices
 from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
 from segdiff.figures import loss_curve_figure
 from segdiff.labels import load_label_map
+from segdiff.loader import loader_settings
 from segdiff.runtime import run_script
+from segdiff.store import SliceStore
 from segdiff.training import TrainSettings, pick_device, use_bf16, write_history
 
 
@@ -14,16 +13,17 @@ def main():
     p, w = snakemake.params, snakemake.wildcards
     cfg = p.diffusion
     labels = load_label_map(p.labels)
-    slices = load_slices(snakemake.input.manifests, ["train"])
+    slices = SliceStore(snakemake.input.stores, ["train"])
     device = pick_device(p.device)
     denoiser = DenoiserConfig(num_classes=labels.max_id + 1, conditioning=cfg["conditioning"], **cfg["model"])
     scheduler = SchedulerConfig(**cfg["scheduler"])
     train = dict(cfg["train"])
     batch_size = train.pop("batch_size")
     result = fit_diffusion(slices, denoiser, scheduler, TrainSettings(seed=p.seed, bf16=use_bf16(p.precision, device), **train), batch_size,
-                           p.checkpoint, device, cfg["ablation_p"], desc=f"diffusion {w.modality}/{w.view}")
+                           p.checkpoint, device, cfg["ablation_p"], desc=f"diffusion {w.modality}/{w.view}",
+                           loader=loader_settings(p.loader, device))
     meta = {"modality": w.modality, "view": w.view, "train_slices": len(slices), "labels": labels.names, "seed": p.seed,
-            "classes_seen": sorted(int(c) for c in np.unique(slices.mask))}
+            "classes_seen": slices.classes}
     save_diffusion(snakemake.output.model, result.ema, scheduler, meta)
     write_history(result.history, snakemake.output.loss)
     loss_curve_figure({f"{w.modality} {w.view}": snakemake.output.loss}, snakemake.output.figure, "diffusion training loss")

@@ -1,0 +1,125 @@
+"""The AMOS configuration's training and sampling on phantom data at 256 px, through the real path.
+
+Phantom CT cases (AMOS22 layout, NIfTI) -> ``write_case_shards`` at ``preprocess.image_size`` ->
+``write_subset`` (manifest + memory-mapped store) -> ``fit_diffusion`` with the config's model,
+scheduler, batch, learning rate, bf16 / channels_last / ``torch.compile`` and its DataLoader
+settings (workers, pinned memory, prefetch) for ``--steps`` steps -> ``generate`` with the
+config's sampler (k generations per mask). Reports images/s of training (after compilation) and
+sampling, peak GPU memory, the loss at the start and the end, and where the time went.
+
+    python bench/bench_amos_gpu.py --config config/amos.yaml --steps 300 --json amos_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from segdiff.config import validate_config
+from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
+from segdiff.labels import load_label_map
+from segdiff.loader import loader_settings
+from segdiff.phantom import write_phantom_dataset
+from segdiff.sampling import SamplerSettings, generate, sample_seed
+from segdiff.shards import write_case_shards
+from segdiff.store import SliceStore, write_subset
+from segdiff.training import TrainSettings, pick_device, use_bf16
+from segdiff.volumes import load_case
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def phantom_store(work: Path, cfg: dict, n_cases: int) -> Path:
+    """Phantom CT cases sliced axially at the config's image size into a store; returns its folder."""
+    pre, labels = cfg["preprocess"], load_label_map(cfg["dataset"]["labels"])
+    cases = write_phantom_dataset(work / "phantom", n_cases, 0, (96, 80, 48), (4.0, 4.0, 6.0), cfg["seed"], 0.0)
+    shards = []
+    for c in cases:
+        shard = work / "slices/ct/axial" / f"{c['case']}.npz"
+        volume = load_case(work / "phantom" / c["image"], work / "phantom" / c["label"], labels)
+        write_case_shards(volume, "ct", {"axial": shard}, {"axial": work / "previews" / c["case"]},
+                          image_size=pre["image_size"], min_foreground=16, ct_window=pre["ct_window"],
+                          mri_percentiles=pre["mri_percentiles"], previews_per_case=0)
+        shards.append(shard)
+    rows = pd.DataFrame({"case": [c["case"] for c in cases], "modality": "ct", "split": "train"})
+    write_subset(rows, shards, "axial", work / "slices/ct/axial/manifest.tsv", work / "slices/ct/axial/store")
+    return work / "slices/ct/axial/store"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=REPO / "config/amos.yaml")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--cases", type=int, default=6)
+    ap.add_argument("--sample-masks", type=int, default=16)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    cfg = validate_config(yaml.safe_load(args.config.read_text()), REPO / "config/schemas/config.schema.yaml")
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    labels = load_label_map(cfg["dataset"]["labels"])
+    figures: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "config": str(args.config)}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        store = SliceStore([phantom_store(work, cfg, args.cases)], ["train"])
+        figures.update(train_slices=len(store), image_size=store.shape[0], data_s=round(time.perf_counter() - t0, 1))
+        dcfg = cfg["diffusion"]
+        train = dict(dcfg["train"], steps=args.steps, checkpoint_every=10**9)
+        batch_size = train.pop("batch_size")
+        denoiser = DenoiserConfig(num_classes=labels.max_id + 1, conditioning=dcfg["conditioning"], **dcfg["model"])
+        scheduler = SchedulerConfig(**dcfg["scheduler"])
+        settings = TrainSettings(seed=cfg["seed"], bf16=use_bf16(cfg["compute"]["precision"], device), **train)
+        loader = loader_settings(cfg["compute"], device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        result = fit_diffusion(store, denoiser, scheduler, settings, batch_size, work / "ckpt", device, dcfg["ablation_p"],
+                               desc="amos-config diffusion", loader=loader)
+        wall = time.perf_counter() - t0
+        history = pd.DataFrame(result.history)
+        steady = history["images_per_s"].iloc[len(history) // 3 :]  # after compilation and warm-up
+        figures.update(
+            train_steps=args.steps, batch_size=batch_size, loader_workers=loader.workers, compile=settings.compile,
+            bf16=settings.bf16, train_wall_s=round(wall, 1), train_images_per_s_median=round(float(steady.median()), 1),
+            train_images_per_s_overall=round(args.steps * batch_size / wall, 1),
+            first_step_s=round(float(batch_size / history["images_per_s"].iloc[0]), 1),
+            loss_first_10=round(float(history["loss"].iloc[:10].mean()), 4), loss_last_10=round(float(history["loss"].iloc[-10:].mean()), 4),
+            peak_gpu_memory_train_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+            params_M=round(sum(p.numel() for p in result.ema.parameters()) / 1e6, 2),
+        )
+        s = cfg["sampling"]
+        sampler = SamplerSettings(sampler=s["sampler"], steps=s["steps"], eta=s["eta"], batch_size=s["batch_size"],
+                                  bf16=settings.bf16)
+        test = store.take(np.arange(min(args.sample_masks, len(store))))
+        masks = np.repeat(test.mask, s["k"], axis=0)
+        seeds = [sample_seed(cfg["seed"], c, int(i), j) for c, i in zip(test.case, test.slice) for j in range(s["k"])]
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        images = generate(result.ema, scheduler, masks, seeds, denoiser.num_classes, sampler, device, desc="sample")
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        figures.update(sample_images=len(masks), sampler=f"{s['sampler']}-{s['steps']} eta {s['eta']}",
+                       sample_images_per_s=round(len(masks) / seconds, 2),
+                       peak_gpu_memory_sample_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+                       sample_std_across_k=round(float(images.reshape(-1, s["k"], *images.shape[1:]).std(axis=1).mean()), 4))
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Memory requests of the model jobs, from the config values their memory depends on.
+
+Snakemake passes ``resources: mem_mb`` to the scheduler (``sbatch --mem`` under the SLURM
+profile), so each request follows the data the job holds at once: the loader's batches in flight
+for training, the ``evaluation.max_slices`` x k test subset for sampling and evaluation. Each
+formula is ``compute.<job>_mem_mb`` (the process: interpreter, torch, the model, activations)
+plus the data term; the terms are upper bounds, written out below.
+"""
+
+from __future__ import annotations
+
+__all__ = ["train_mem_mb", "sample_mem_mb", "evaluate_mem_mb", "slices_bound"]
+
+MB = 2**20
+WORKER_MB = 400  # one DataLoader worker process (forked interpreter + torch pages it touches)
+SLICES_PER_CASE_VIEW = 512  # without max_slices: a case gives at most one slice per voxel row (512 px CT)
+
+
+def _pixels(image_size: int) -> int:
+    return image_size * image_size
+
+
+def train_mem_mb(base_mb: int, batch_size: int, image_size: int, workers: int, prefetch: int) -> int:
+    """``base_mb`` + the batches in flight (each worker's prefetch queue, the one being trained on
+    and its pinned copy; float32 image + uint8 mask per slice) + the worker processes."""
+    in_flight = max(1, workers) * prefetch + 2
+    data = 2 * in_flight * batch_size * _pixels(image_size) * 5
+    return int(base_mb + data / MB + WORKER_MB * workers + 0.5)
+
+
+def slices_bound(max_slices: int, test_cases: int, views: int) -> int:
+    """Test slices a sampling or evaluation job holds: ``max_slices``, or a bound of the whole test set."""
+    return max_slices if max_slices > 0 else test_cases * views * SLICES_PER_CASE_VIEW
+
+
+def sample_mem_mb(base_mb: int, n_slices: int, k: int, image_size: int) -> int:
+    """``base_mb`` + generations (n x k), originals and masks, twice (the arrays and the file written)."""
+    return int(base_mb + 2 * n_slices * (4 * k + 5) * _pixels(image_size) / MB + 0.5)
+
+
+def evaluate_mem_mb(base_mb: int, n_slices: int, k: int, image_size: int) -> int:
+    """``base_mb`` + generated, oracle (k each), original, reference and their predictions, twice
+    (the arrays and the compressed file written)."""
+    return int(base_mb + 2 * n_slices * (8 * k + 14) * _pixels(image_size) / MB + 0.5)

@@ -1,0 +1,163 @@
+"""The memory-mapped slice store: one uncompressed array per subset (modality x view), read by row.
+
+Written once after slicing, next to the subset's manifest, from its per-case shards:
+
+``results/slices/{modality}/{view}/store/``
+    ``image.npy``  float32 (N, H, W) in [0, 1], the shards' images in manifest order
+    ``mask.npy``   uint8 (N, H, W) label ids
+    ``index.tsv``  one row per slice: ``case``, ``split``, ``slice`` (index along the view axis)
+    ``classes.json``  label ids present in each case's masks
+
+Training, sampling and evaluation open it with ``mmap_mode="r"`` (:class:`SliceStore`) and read
+only the rows they need, so their memory is O(batch) (or O(``evaluation.max_slices``)), never
+O(dataset): the operating system's page cache, not the process, holds what was read.
+Writing streams one shard at a time into the arrays (memory O(shard)); the folder appears whole
+or not at all (:func:`segdiff.atomic.atomic_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.lib.format import open_memmap
+
+from segdiff.atomic import atomic_dir, atomic_path
+from segdiff.dataset import SliceSet, stratified_subset
+from segdiff.errors import InputError
+from segdiff.shards import build_manifest, read_shard
+
+__all__ = ["write_store", "write_subset", "SliceStore", "STORE_FILES"]
+
+STORE_FILES = ("image.npy", "mask.npy", "index.tsv", "classes.json")
+
+
+def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = ".") -> Path:
+    """Concatenate the shards listed by ``manifest`` (columns case, split, n_slices, shard; paths
+    relative to ``root``) into the store folder ``out_dir``, one shard in memory at a time."""
+    out_dir = Path(out_dir)
+    total = int(manifest["n_slices"].sum())
+    first = next((r for r in manifest.itertuples() if r.n_slices > 0), None)
+    shape = read_shard(Path(root) / first.shard).image.shape[1:] if first is not None else (0, 0)
+    rows, classes, start = [], {}, 0
+    with atomic_dir(out_dir) as tmp:
+        images = open_memmap(tmp / "image.npy", mode="w+", dtype=np.float32, shape=(total, *shape))
+        masks = open_memmap(tmp / "mask.npy", mode="w+", dtype=np.uint8, shape=(total, *shape))
+        for row in manifest.itertuples():
+            path = Path(root) / row.shard
+            shard = read_shard(path)
+            n = len(shard.slice)
+            if n != row.n_slices or (n and shard.image.shape[1:] != shape):
+                raise InputError(path, f"{n} slices of {shard.image.shape[1:]} but the manifest says {row.n_slices} "
+                                       f"of {shape} (re-run the manifest)")
+            images[start : start + n] = shard.image
+            masks[start : start + n] = shard.mask
+            rows.append(pd.DataFrame({"case": row.case, "split": row.split, "slice": shard.slice}))
+            classes[str(row.case)] = sorted(int(c) for c in np.unique(shard.mask))
+            start += n
+        images.flush()
+        masks.flush()
+        del images, masks
+        index = pd.concat(rows) if rows else pd.DataFrame(columns=["case", "split", "slice"])
+        index.to_csv(tmp / "index.tsv", sep="\t", index=False)
+        (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
+    return out_dir
+
+
+def write_subset(rows: pd.DataFrame, shards: Sequence[str | Path], view: str, manifest: str | Path,
+                 store: str | Path) -> None:
+    """The slicing stage's per-subset job: ``rows`` (case, modality, split; one per case, in the
+    order of ``shards``) -> the manifest TSV and the store folder."""
+    table = build_manifest(rows, dict(zip(rows["case"], shards)), view)
+    write_store(table, store)
+    with atomic_path(manifest) as tmp:  # last: a manifest on disk means its store is complete
+        table.to_csv(tmp, sep="\t", index=False)
+
+
+class SliceStore:
+    """Read-only, memory-mapped view of the slices of one or more store folders (e.g. the three
+    views of a model trained on ``all``), restricted to ``splits``.
+
+    ``case``, ``slice``, ``view`` are (N,) arrays of the selected rows; :meth:`read` returns the
+    images and masks of positions ``0..N-1``; :meth:`take` / :meth:`subset` give an in-memory
+    :class:`~segdiff.dataset.SliceSet`. Pickling keeps only the folder names (a DataLoader
+    worker re-opens the arrays instead of copying them).
+    """
+
+    def __init__(self, folders: Sequence[str | Path], splits: Sequence[str] | None = None):
+        self.folders = [Path(f) for f in folders]
+        self.splits = None if splits is None else list(splits)
+        tables, classes, shape = [], {}, None
+        for number, folder in enumerate(self.folders):
+            missing = [name for name in STORE_FILES if not (folder / name).exists()]
+            if missing:
+                raise InputError(folder, f"not a slice store (missing {missing}; re-run the manifest rule)")
+            table = pd.read_csv(folder / "index.tsv", sep="\t", dtype={"case": str, "split": str})
+            table["store"], table["row"], table["view"] = number, np.arange(len(table)), folder.parent.name
+            images = np.load(folder / "image.npy", mmap_mode="r")
+            if len(images) != len(table):
+                raise InputError(folder, f"image.npy holds {len(images)} slices, index.tsv {len(table)}")
+            if len(images) and shape not in (None, images.shape[1:]):
+                raise InputError(folder, f"slices of {images.shape[1:]}, other stores {shape}")
+            shape = images.shape[1:] if len(images) else shape
+            tables.append(table)
+            for case, ids in json.loads((folder / "classes.json").read_text()).items():
+                classes.setdefault(case, set()).update(ids)
+        table = pd.concat(tables, ignore_index=True)
+        if self.splits is not None:
+            table = table[table["split"].isin(self.splits)]
+        if table.empty:
+            raise InputError(", ".join(map(str, self.folders)), f"no slices in split(s) {self.splits}")
+        self.case = table["case"].to_numpy(str)
+        self.slice = table["slice"].to_numpy(np.int32)
+        self.view = table["view"].to_numpy(str)
+        self._store = table["store"].to_numpy(np.int64)
+        self._row = table["row"].to_numpy(np.int64)
+        self.shape: tuple[int, int] = tuple(shape)
+        self.classes = sorted({c for case in set(self.case) for c in classes.get(case, ())})
+        self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.case)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_arrays": None}
+
+    def _open(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._arrays is None:
+            self._arrays = [(np.load(f / "image.npy", mmap_mode="r"), np.load(f / "mask.npy", mmap_mode="r"))
+                            for f in self.folders]
+        return self._arrays
+
+    def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images (B, H, W) float32 and masks (B, H, W) uint8 of positions ``index``, in that order.
+
+        Rows are read store by store in ascending order (sequential on disk where possible).
+        """
+        index = np.asarray(index, dtype=np.int64)
+        images = np.empty((len(index), *self.shape), np.float32)
+        masks = np.empty((len(index), *self.shape), np.uint8)
+        for number, (image, mask) in enumerate(self._open()):
+            where = np.flatnonzero(self._store[index] == number)
+            if len(where):
+                rows = self._row[index[where]]
+                order = np.argsort(rows, kind="stable")
+                images[where[order]] = image[rows[order]]
+                masks[where[order]] = mask[rows[order]]
+        return images, masks
+
+    def take(self, index: np.ndarray) -> SliceSet:
+        """The slices at positions ``index`` as an in-memory :class:`~segdiff.dataset.SliceSet`."""
+        index = np.asarray(index, dtype=np.int64)
+        images, masks = self.read(index)
+        return SliceSet(images, masks, self.case[index], self.slice[index], self.view[index])
+
+    def subset(self, max_slices: int, seed: int) -> SliceSet:
+        """At most ``max_slices`` slices (0 = all), seeded and stratified by case and view
+        (:func:`~segdiff.dataset.stratified_subset`; the same choice as ``SliceSet.subset``)."""
+        if max_slices <= 0 or len(self) <= max_slices:
+            return self.take(np.arange(len(self)))
+        return self.take(stratified_subset(self.case, self.view, max_slices, seed))

@@ -1,0 +1,146 @@
+"""The memory-mapped slice store and the step-indexed DataLoader: equal to the shards, O(batch)
+reads, and a kill-and-resume through worker processes that ends bit-identical."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import segdiff.training as training
+from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
+from segdiff.errors import InputError
+from segdiff.loader import LoaderSettings, StepBatches, step_loader
+from segdiff.shards import build_manifest, read_shard
+from segdiff.slicing import Shard
+from segdiff.store import SliceStore, write_store
+from segdiff.training import TrainSettings
+
+SPLITS = {"c0": "train", "c1": "train", "c2": "val", "c3": "test", "c4": "test"}
+
+
+def make_subset(root, view="axial", sizes=(5, 0, 3, 4, 6), size=16, seed=0):
+    """Shards of five cases (one without slices) and their manifest, written as the workflow does."""
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for i, (case, n) in enumerate(zip(SPLITS, sizes)):
+        mask = rng.integers(0, 4, (n, size, size)).astype(np.uint8)
+        shard = Shard(image=rng.random((n, size, size), dtype=np.float32), mask=mask,
+                      slice=np.arange(10, 10 + n, dtype=np.int32), pixel_mm=2.0)
+        paths[case] = root / view / f"{case}.npz"
+        paths[case].parent.mkdir(parents=True, exist_ok=True)
+        shard.save(paths[case])
+    rows = pd.DataFrame({"case": list(SPLITS), "modality": "ct", "split": list(SPLITS.values())})
+    manifest = build_manifest(rows, paths, view)
+    write_store(manifest, root / view / "store")
+    return manifest, root / view / "store"
+
+
+def test_store_equals_the_shards(tmp_path):
+    manifest, store_dir = make_subset(tmp_path)
+    store = SliceStore([store_dir])
+    assert len(store) == 18 and store.shape == (16, 16)
+    images, masks = store.read(np.arange(len(store)))
+    start = 0
+    for row in manifest.itertuples():
+        shard = read_shard(row.shard)
+        n = len(shard.slice)
+        np.testing.assert_array_equal(images[start : start + n], shard.image)  # bit for bit
+        np.testing.assert_array_equal(masks[start : start + n], shard.mask)
+        assert (store.case[start : start + n] == row.case).all()
+        np.testing.assert_array_equal(store.slice[start : start + n], shard.slice)
+        start += n
+    # the arrays are memory maps, not loaded copies
+    assert isinstance(np.load(store_dir / "image.npy", mmap_mode="r"), np.memmap)
+    test = SliceStore([store_dir], ["test"])
+    assert set(test.case) == {"c3", "c4"} and len(test) == 10
+    assert set(test.classes) <= {0, 1, 2, 3}
+    # any order of positions reads the same rows (rows are read sorted, returned in request order)
+    index = np.array([7, 0, 7, 3])
+    np.testing.assert_array_equal(test.read(index)[0], test.take(np.arange(10)).image[index])
+
+
+def test_all_view_store_and_subset_match_the_in_memory_choice(tmp_path):
+    _, axial = make_subset(tmp_path, "axial")
+    _, coronal = make_subset(tmp_path, "coronal", sizes=(2, 4, 1, 3, 5), seed=1)
+    store = SliceStore([axial, coronal], ["test"])
+    assert set(store.view) == {"axial", "coronal"} and len(store) == 18
+    everything = store.take(np.arange(len(store)))
+    chosen = store.subset(7, seed=3)
+    expected = everything.subset(7, seed=3)
+    np.testing.assert_array_equal(chosen.image, expected.image)
+    np.testing.assert_array_equal(chosen.view, expected.view)
+    assert len(chosen) == 7
+
+
+def test_store_refuses_a_foreign_or_mismatched_folder(tmp_path):
+    with pytest.raises(InputError, match="not a slice store"):
+        SliceStore([tmp_path])
+    _, store_dir = make_subset(tmp_path)
+    with pytest.raises(InputError, match="no slices in split"):
+        SliceStore([store_dir], ["holdout"])
+    np.save(store_dir / "image.npy", np.zeros((3, 16, 16), np.float32))
+    with pytest.raises(InputError, match="image.npy holds 3 slices, index.tsv 18"):
+        SliceStore([store_dir])
+
+
+def test_a_failing_shard_leaves_no_store(tmp_path):
+    manifest, store_dir = make_subset(tmp_path)
+    manifest.loc[3, "n_slices"] = 99  # the shard on disk no longer matches its manifest row
+    with pytest.raises(InputError, match="re-run the manifest"):
+        write_store(manifest, tmp_path / "other")
+    assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other*"))
+
+
+def test_step_batches_are_a_function_of_seed_and_step():
+    full = list(StepBatches(10, 4, seed=5, start=0, stop=6))
+    resumed = list(StepBatches(10, 4, seed=5, start=3, stop=6))
+    for a, b in zip(full[3:], resumed):
+        np.testing.assert_array_equal(a, b)
+    # every epoch visits every slice exactly once
+    flat = np.concatenate(full)[:20]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert not np.array_equal(flat[:10], flat[10:])  # a new order each epoch
+    assert not np.array_equal(full[0], list(StepBatches(10, 4, seed=6, start=0, stop=1))[0])
+
+
+def test_loader_with_workers_yields_the_same_batches(tmp_path):
+    _, store_dir = make_subset(tmp_path)
+    store = SliceStore([store_dir], ["train"])
+    pickle.loads(pickle.dumps(store))  # workers get folder names, not array copies
+    assert pickle.loads(pickle.dumps(store))._arrays is None
+    inline = list(step_loader(store, 3, 1, 0, 5))
+    workers = list(step_loader(store, 3, 1, 0, 5, LoaderSettings(workers=2, prefetch=2)))
+    for (a_img, a_mask), (b_img, b_mask) in zip(inline, workers, strict=True):
+        assert a_img.shape == (3, 1, 16, 16) and a_mask.dtype == torch.uint8
+        assert torch.equal(a_img, b_img) and torch.equal(a_mask, b_mask)
+
+
+TINY = dict(num_classes=4, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4, num_head_channels=8)
+
+
+def _fit(store, checkpoint, loader):
+    settings = TrainSettings(steps=6, lr=1e-3, warmup_steps=2, checkpoint_every=2, seed=3, ema_decay=0.9)
+    return fit_diffusion(store, DenoiserConfig(**TINY), SchedulerConfig(num_train_timesteps=50, prediction_type="sample"),
+                         settings, 4, checkpoint, torch.device("cpu"), loader=loader)
+
+
+def test_kill_and_resume_from_the_store_with_workers_is_bit_identical(tmp_path, monkeypatch, one_thread):
+    _, store_dir = make_subset(tmp_path)
+    store = SliceStore([store_dir], ["train", "val"])
+    reference = _fit(store, tmp_path / "reference.ckpt", LoaderSettings())
+
+    def kill_at_5(step):
+        if step == 5:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(training, "_after_step", kill_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(store, tmp_path / "killed.ckpt", LoaderSettings(workers=2))
+    monkeypatch.setattr(training, "_after_step", lambda step: None)
+    resumed = _fit(store, tmp_path / "killed.ckpt", LoaderSettings(workers=1))
+    assert resumed.resumed_from == 4
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in reference.history]
+    for (name, a), (_, b) in zip(reference.ema.state_dict().items(), resumed.ema.state_dict().items()):
+        assert torch.equal(a, b), name
