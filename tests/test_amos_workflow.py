@@ -58,9 +58,9 @@ def test_study_from_an_empty_folder_downloads_amos_then_runs_to_the_table(tmp_pa
     cases = pd.read_csv(run / "results/data/cases.tsv", sep="\t", dtype={"case": str})
     numbers = cases["case"].str.rsplit("_", n=1).str[1].astype(int)
     assert ((numbers < 500) == (cases["modality"] == "ct")).all() and sorted(cases["modality"].unique()) == ["ct", "mri"]
-    table = pd.read_csv(run / "results/table.csv", index_col=0)
+    table = pd.read_csv(run / "results/table.csv", index_col=0, dtype=str, keep_default_na=False)
     assert list(table.columns) == ["CT axial", "MRI axial", "CT→MRI axial"]
-    assert table.loc["Dice_gen"].notna().all()
+    assert (table.loc["Dice_gen ↑"] != "n/a").all() and table.loc["FRD ↓"].astype(float).gt(0).all()
 
 
 def test_amos_config_plans_the_download_then_the_poster_study(tmp_path):
