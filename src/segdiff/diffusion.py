@@ -46,7 +46,7 @@ class DenoiserConfig:
     attention_levels: tuple[bool, ...] = (False, False, True)
     norm_num_groups: int = 16
     num_head_channels: int = 16
-    use_flash_attention: bool = False  # torch scaled_dot_product_attention (flash kernels on CUDA)
+    use_flash_attention: bool = True  # torch scaled_dot_product_attention: O(tokens) memory (flash kernels on CUDA)
 
     def to_dict(self) -> dict:
         d = asdict(self)

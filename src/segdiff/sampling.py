@@ -74,7 +74,9 @@ def stochastic_step(scheduler, prediction: torch.Tensor, t: int, x: torch.Tensor
         prev = t - scheduler.num_train_timesteps // scheduler.num_inference_steps
         a_prev = alphas[prev] if prev >= 0 else scheduler.final_alpha_cumprod.to(x.device)
         sigma = eta * (scheduler._get_variance(t, prev) ** 0.5)
-        return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps + sigma * noise
+        # clamp: where sigma^2 = 1 - a_prev exactly (eta 1, a_t = 0: the cosine schedule's last step), rounding
+        # can make the difference -1e-8 and MONAI's step NaN
+        return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
     a_prev = alphas[t - 1] if t > 0 else torch.ones((), device=x.device)
     beta, alpha = scheduler.betas.to(x.device)[t], scheduler.alphas.to(x.device)[t]
     mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a_t)) * x

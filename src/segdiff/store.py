@@ -1,4 +1,4 @@
-"""The memory-mapped slice store: one uncompressed array per subset (modality x view), read by row.
+"""The slice store: one uncompressed ``.npy`` array per subset (modality x view), read by row.
 
 Written once after slicing, next to the subset's manifest, from its per-case shards:
 
@@ -8,22 +8,25 @@ Written once after slicing, next to the subset's manifest, from its per-case sha
     ``index.tsv``  one row per slice: ``case``, ``split``, ``slice`` (index along the view axis)
     ``classes.json``  label ids present in each case's masks
 
-Training, sampling and evaluation open it with ``mmap_mode="r"`` (:class:`SliceStore`) and read
-only the rows they need, so their memory is O(batch) (or O(``evaluation.max_slices``)), never
-O(dataset): the operating system's page cache, not the process, holds what was read.
-Writing streams one shard at a time into the arrays (memory O(shard)); the folder appears whole
+Training, sampling and evaluation open it (:class:`SliceStore`) and read only the rows they need
+with ``os.pread``, so their memory is O(batch) (or O(``evaluation.max_slices``)), never
+O(dataset): the operating system's page cache, not the process, holds what was read. (Indexing a
+memory map would not do: the kernel maps the pages around every row touched, and the reader's
+resident memory grows towards the size of what it has read.)
+Writing appends one shard at a time to the files (memory O(shard)); the folder appears whole
 or not at all (:func:`segdiff.atomic.atomic_dir`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from numpy.lib.format import open_memmap
+from numpy.lib.format import dtype_to_descr, write_array_header_1_0
 
 from segdiff.atomic import atomic_dir, atomic_path
 from segdiff.dataset import SliceSet, stratified_subset
@@ -43,9 +46,11 @@ def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = 
     first = next((r for r in manifest.itertuples() if r.n_slices > 0), None)
     shape = read_shard(Path(root) / first.shard).image.shape[1:] if first is not None else (0, 0)
     rows, classes, start = [], {}, 0
-    with atomic_dir(out_dir) as tmp:
-        images = open_memmap(tmp / "image.npy", mode="w+", dtype=np.float32, shape=(total, *shape))
-        masks = open_memmap(tmp / "mask.npy", mode="w+", dtype=np.uint8, shape=(total, *shape))
+    with atomic_dir(out_dir) as tmp, open(tmp / "image.npy", "wb") as images, open(tmp / "mask.npy", "wb") as masks:
+        # plain appends, not a writable memory map: dirty mapped pages would count as the job's memory
+        for f, dtype in ((images, np.float32), (masks, np.uint8)):
+            write_array_header_1_0(f, {"descr": dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                                       "shape": (total, *shape)})
         for row in manifest.itertuples():
             path = Path(root) / row.shard
             shard = read_shard(path)
@@ -53,14 +58,11 @@ def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = 
             if n != row.n_slices or (n and shard.image.shape[1:] != shape):
                 raise InputError(path, f"{n} slices of {shard.image.shape[1:]} but the manifest says {row.n_slices} "
                                        f"of {shape} (re-run the manifest)")
-            images[start : start + n] = shard.image
-            masks[start : start + n] = shard.mask
+            images.write(np.ascontiguousarray(shard.image, np.float32).tobytes())
+            masks.write(np.ascontiguousarray(shard.mask, np.uint8).tobytes())
             rows.append(pd.DataFrame({"case": row.case, "split": row.split, "slice": shard.slice}))
             classes[str(row.case)] = sorted(int(c) for c in np.unique(shard.mask))
             start += n
-        images.flush()
-        masks.flush()
-        del images, masks
         index = pd.concat(rows) if rows else pd.DataFrame(columns=["case", "split", "slice"])
         index.to_csv(tmp / "index.tsv", sep="\t", index=False)
         (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
@@ -77,14 +79,46 @@ def write_subset(rows: pd.DataFrame, shards: Sequence[str | Path], view: str, ma
         table.to_csv(tmp, sep="\t", index=False)
 
 
+class _Rows:
+    """Row-wise reads of a C-ordered ``.npy`` file with ``os.pread``; re-opened in a forked or
+    unpickled process (the file descriptor is per process)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise InputError(path, "Fortran-ordered array; the store writes C order")
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._fd, self._pid = None, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def read_into(self, row: int, out: np.ndarray) -> None:
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        done = os.preadv(self._fd, [view], self.offset + int(row) * self.row_bytes)
+        if done != self.row_bytes:
+            raise InputError(self.path, f"row {row}: read {done} of {self.row_bytes} bytes (truncated store?)")
+
+    def __del__(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+
 class SliceStore:
-    """Read-only, memory-mapped view of the slices of one or more store folders (e.g. the three
+    """Read-only view of the slices of one or more store folders (e.g. the three
     views of a model trained on ``all``), restricted to ``splits``.
 
     ``case``, ``slice``, ``view`` are (N,) arrays of the selected rows; :meth:`read` returns the
     images and masks of positions ``0..N-1``; :meth:`take` / :meth:`subset` give an in-memory
     :class:`~segdiff.dataset.SliceSet`. Pickling keeps only the folder names (a DataLoader
-    worker re-opens the arrays instead of copying them).
+    worker re-opens the files).
     """
 
     def __init__(self, folders: Sequence[str | Path], splits: Sequence[str] | None = None):
@@ -118,35 +152,35 @@ class SliceStore:
         self._row = table["row"].to_numpy(np.int64)
         self.shape: tuple[int, int] = tuple(shape)
         self.classes = sorted({c for case in set(self.case) for c in classes.get(case, ())})
-        self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._files: list[tuple[_Rows, _Rows]] | None = None
 
     def __len__(self) -> int:
         return len(self.case)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": None}
+        return {**self.__dict__, "_files": None}
 
-    def _open(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        if self._arrays is None:
-            self._arrays = [(np.load(f / "image.npy", mmap_mode="r"), np.load(f / "mask.npy", mmap_mode="r"))
-                            for f in self.folders]
-        return self._arrays
+    def _open(self) -> list[tuple[_Rows, _Rows]]:
+        if self._files is None:
+            self._files = [(_Rows(f / "image.npy"), _Rows(f / "mask.npy")) for f in self.folders]
+        return self._files
 
     def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images (B, H, W) float32 and masks (B, H, W) uint8 of positions ``index``, in that order.
 
-        Rows are read store by store in ascending order (sequential on disk where possible).
+        Rows are read store by store in ascending order with ``pread`` into the returned arrays:
+        indexing a memory map instead makes the kernel map the pages around every row touched,
+        and the process's resident memory then grows towards the size of what it has read.
         """
         index = np.asarray(index, dtype=np.int64)
         images = np.empty((len(index), *self.shape), np.float32)
         masks = np.empty((len(index), *self.shape), np.uint8)
         for number, (image, mask) in enumerate(self._open()):
             where = np.flatnonzero(self._store[index] == number)
-            if len(where):
-                rows = self._row[index[where]]
-                order = np.argsort(rows, kind="stable")
-                images[where[order]] = image[rows[order]]
-                masks[where[order]] = mask[rows[order]]
+            rows = self._row[index[where]]
+            for i in np.argsort(rows, kind="stable"):
+                image.read_into(rows[i], images[where[i]])
+                mask.read_into(rows[i], masks[where[i]])
         return images, masks
 
     def take(self, index: np.ndarray) -> SliceSet:

@@ -10,7 +10,7 @@ from segdiff.download import AMOS_FOLDER
 from segdiff.errors import ConfigError
 from segdiff.labels import load_label_map, load_remap
 from segdiff.phantom import phantom_cases
-from segdiff.job_memory import evaluate_mem_mb, sample_mem_mb, slices_bound, train_mem_mb
+from segdiff.job_memory import cpu_activations_mb, evaluate_mem_mb, sample_mem_mb, slices_bound, train_mem_mb
 from segdiff.tables import run_label
 
 REPO = Path(workflow.basedir)
@@ -174,13 +174,22 @@ def _test_slices(modality, view):
     return slices_bound(config["evaluation"]["max_slices"], test_cases, len(slice_views(view)))
 
 
-def train_mem(batch_size):
-    return train_mem_mb(COMPUTE["train_mem_mb"], batch_size, PRE["image_size"], COMPUTE["loader_workers"], COMPUTE["prefetch"])
+#: first-level width of the networks when they run on the CPU (their activations are host memory); 0 on a GPU
+ON_CPU = COMPUTE["gpus"] == 0 and COMPUTE["device"] != "cuda"
+CPU_CHANNELS = {"diffusion": config["diffusion"]["model"]["channels"][0] if ON_CPU else 0,
+                "segmentor": config["segmentor"]["model"]["channels"][0] if ON_CPU else 0}
+
+
+def train_mem(net, batch_size):
+    return train_mem_mb(COMPUTE["train_mem_mb"], batch_size, PRE["image_size"], COMPUTE["loader_workers"], COMPUTE["prefetch"]) \
+        + cpu_activations_mb(batch_size, PRE["image_size"], CPU_CHANNELS[net], training=True)
 
 
 def sample_mem(wildcards):
     modality = wildcards.get("source", None) or wildcards.modality
-    return sample_mem_mb(COMPUTE["sample_mem_mb"], _test_slices(modality, wildcards.view), config["sampling"]["k"], PRE["image_size"])
+    batch = min(config["sampling"]["batch_size"], _test_slices(modality, wildcards.view) * config["sampling"]["k"])
+    return sample_mem_mb(COMPUTE["sample_mem_mb"], _test_slices(modality, wildcards.view), config["sampling"]["k"], PRE["image_size"]) \
+        + cpu_activations_mb(batch, PRE["image_size"], CPU_CHANNELS["diffusion"], training=False)
 
 
 def evaluate_mem(wildcards):

@@ -27,7 +27,7 @@ rule train_diffusion:
     threads: config["compute"]["train_threads"]
     priority: 10  # the longest jobs of the study: start them first
     resources:
-        mem_mb=train_mem(config["diffusion"]["train"]["batch_size"]),
+        mem_mb=train_mem("diffusion", config["diffusion"]["train"]["batch_size"]),
         runtime=config["compute"]["train_runtime_min"],
         gpu=config["compute"]["gpus"],
     conda:

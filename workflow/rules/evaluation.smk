@@ -22,7 +22,7 @@ rule train_segmentor:
     threads: config["compute"]["train_threads"]
     priority: 5  # after the diffusion models (the longest jobs), before sampling
     resources:
-        mem_mb=train_mem(config["segmentor"]["train"]["batch_size"]),
+        mem_mb=train_mem("segmentor", config["segmentor"]["train"]["batch_size"]),
         runtime=config["compute"]["train_runtime_min"],
         gpu=config["compute"]["gpus"],
     conda:
