@@ -1,5 +1,8 @@
 """The AMOS configuration's training and sampling on phantom data at 256 px, through the real path.
 
+The last phantom case is held out: sampling draws k generations for its masks, and
+``sample_std_across_k`` (per-pixel std across the k, averaged) shows whether they differ.
+
 Phantom CT cases (AMOS22 layout, NIfTI) -> ``write_case_shards`` at ``preprocess.image_size`` ->
 ``write_subset`` (manifest + memory-mapped store) -> ``fit_diffusion`` with the config's model,
 scheduler, batch, learning rate, bf16 / channels_last / ``torch.compile`` and its DataLoader
@@ -49,7 +52,8 @@ def phantom_store(work: Path, cfg: dict, n_cases: int) -> Path:
                           image_size=pre["image_size"], min_foreground=16, ct_window=pre["ct_window"],
                           mri_percentiles=pre["mri_percentiles"], previews_per_case=0)
         shards.append(shard)
-    rows = pd.DataFrame({"case": [c["case"] for c in cases], "modality": "ct", "split": "train"})
+    splits = ["train"] * (len(cases) - 1) + ["test"]  # the last case's masks are held out for sampling
+    rows = pd.DataFrame({"case": [c["case"] for c in cases], "modality": "ct", "split": splits})
     write_subset(rows, shards, "axial", work / "slices/ct/axial/manifest.tsv", work / "slices/ct/axial/store")
     return work / "slices/ct/axial/store"
 
@@ -71,7 +75,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        store = SliceStore([phantom_store(work, cfg, args.cases)], ["train"])
+        folder = phantom_store(work, cfg, args.cases)
+        store = SliceStore([folder], ["train"])
         figures.update(train_slices=len(store), image_size=store.shape[0], data_s=round(time.perf_counter() - t0, 1))
         dcfg = cfg["diffusion"]
         train = dict(dcfg["train"], steps=args.steps, checkpoint_every=10**9)
@@ -100,7 +105,8 @@ def main(argv=None):
         s = cfg["sampling"]
         sampler = SamplerSettings(sampler=s["sampler"], steps=s["steps"], eta=s["eta"], batch_size=s["batch_size"],
                                   bf16=settings.bf16)
-        test = store.take(np.arange(min(args.sample_masks, len(store))))
+        held_out = SliceStore([folder], ["test"])
+        test = held_out.take(np.linspace(0, len(held_out) - 1, min(args.sample_masks, len(held_out))).astype(int))
         masks = np.repeat(test.mask, s["k"], axis=0)
         seeds = [sample_seed(cfg["seed"], c, int(i), j) for c, i in zip(test.case, test.slice) for j in range(s["k"])]
         if cuda:
