@@ -145,3 +145,37 @@ def test_kill_and_resume_from_the_store_with_workers_is_bit_identical(tmp_path, 
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in reference.history]
     for (name, a), (_, b) in zip(reference.ema.state_dict().items(), resumed.ema.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_failure_at_any_write_position_of_a_subset_leaves_nothing(tmp_path, monkeypatch):
+    """write_subset writes the store folder and then the manifest: fail each write, chmod and rename in turn."""
+    import os
+
+    import segdiff.atomic as atomic
+    import segdiff.store as store_module
+
+    manifest, store_dir = make_subset(tmp_path / "src")
+    rows = manifest[["case", "modality", "split"]]
+    calls = {"n": 0, "fail_at": None}
+
+    def counting(real):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == calls["fail_at"]:
+                raise OSError(f"injected failure at write position {calls['n']}")
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(atomic.os, "replace", counting(os.replace))
+    monkeypatch.setattr(atomic.os, "chmod", counting(os.chmod))
+    monkeypatch.setattr(store_module.pd.DataFrame, "to_csv", counting(pd.DataFrame.to_csv))
+    out = tmp_path / "out"
+    store_module.write_subset(rows, list(manifest["shard"]), "axial", out / "manifest.tsv", out / "store")
+    positions = calls["n"]
+    assert positions >= 6  # index + manifest writes, two chmods, two renames
+    for fail_at in range(1, positions + 1):
+        target = tmp_path / f"fail{fail_at}"
+        calls.update(n=0, fail_at=fail_at)
+        with pytest.raises(OSError, match="injected failure"):
+            store_module.write_subset(rows, list(manifest["shard"]), "axial", target / "manifest.tsv", target / "store")
+        assert not target.exists() or not any(target.iterdir()), (fail_at, sorted(target.rglob("*")))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,9 +75,13 @@ def write_subset(rows: pd.DataFrame, shards: Sequence[str | Path], view: str, ma
     """The slicing stage's per-subset job: ``rows`` (case, modality, split; one per case, in the
     order of ``shards``) -> the manifest TSV and the store folder."""
     table = build_manifest(rows, dict(zip(rows["case"], shards)), view)
-    write_store(table, store)
-    with atomic_path(manifest) as tmp:  # last: a manifest on disk means its store is complete
-        table.to_csv(tmp, sep="\t", index=False)
+    try:
+        write_store(table, store)
+        with atomic_path(manifest) as tmp:  # last: a manifest on disk means its store is complete
+            table.to_csv(tmp, sep="\t", index=False)
+    except BaseException:  # the pair appears together or not at all
+        shutil.rmtree(store, ignore_errors=True)
+        raise
 
 
 class _Rows:
