@@ -4,7 +4,7 @@ The last phantom case is held out: sampling draws k generations for its masks, a
 ``sample_std_across_k`` (per-pixel std across the k, averaged) shows whether they differ.
 
 Phantom CT cases (AMOS22 layout, NIfTI) -> ``write_case_shards`` at ``preprocess.image_size`` ->
-``write_subset`` (manifest + memory-mapped store) -> ``fit_diffusion`` with the config's model,
+``write_subset`` (manifest + slice store) -> ``fit_diffusion`` with the config's model,
 scheduler, batch, learning rate, bf16 / channels_last / ``torch.compile`` and its DataLoader
 settings (workers, pinned memory, prefetch) for ``--steps`` steps -> ``generate`` with the
 config's sampler (k generations per mask). Reports images/s of training (after compilation) and

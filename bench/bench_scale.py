@@ -5,7 +5,7 @@ For each size in ``--sizes`` (training slices) at ``--image-size``:
 1. ``build``: synthetic per-case shards (cases of ``--slices-per-case`` slices; ~80 % of the
    cases ``train``, the rest ``test``, so the test set grows with the size too), written with
    :meth:`segdiff.slicing.Shard.save`, then :func:`segdiff.store.write_subset` builds the manifest
-   and the memory-mapped store under ``--workdir``; the shards are deleted once the store exists
+   and the slice store under ``--workdir``; the shards are deleted once the store exists
    (and the store once its size is measured, unless ``--keep``).
 2. one fresh subprocess per stage, so that each peak RSS (``VmHWM`` of ``/proc/self/status``,
    which counts the pages of the memory maps the process touched too) is that stage's alone:
@@ -24,8 +24,7 @@ For each size in ``--sizes`` (training slices) at ``--image-size``:
      after ``posix_fadvise(DONTNEED)`` on the store's files (cold cache).
 
 The ``build`` stage also runs in a child, so its peak RSS is reported too (informative: the
-store is written through a writable memory map, whose dirty pages count as the writer's RSS
-until the kernel writes them back).
+store is written with plain appends, one shard at a time).
 
 Prints a markdown table, the max/min ratio of each RSS column (goal: flat within 10 % from the
 smallest to the largest size) and the loader goal (>= 1000 img/s per worker at 256 px); writes

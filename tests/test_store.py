@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import segdiff.training as training
+from segdiff.dataset import stratified_subset
 from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
 from segdiff.errors import InputError
 from segdiff.loader import LoaderSettings, StepBatches, step_loader
@@ -68,7 +69,7 @@ def test_all_view_store_and_subset_match_the_in_memory_choice(tmp_path):
     assert set(store.view) == {"axial", "coronal"} and len(store) == 18
     everything = store.take(np.arange(len(store)))
     chosen = store.subset(7, seed=3)
-    expected = everything.subset(7, seed=3)
+    expected = everything.take(stratified_subset(everything.case, everything.view, 7, seed=3))
     np.testing.assert_array_equal(chosen.image, expected.image)
     np.testing.assert_array_equal(chosen.view, expected.view)
     assert len(chosen) == 7

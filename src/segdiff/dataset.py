@@ -1,6 +1,6 @@
 """In-memory slice sets (a test subset, a tiny training set) and the seeded, stratified subset choice.
 
-The whole-dataset view is :class:`segdiff.store.SliceStore` (memory-mapped); both offer ``read``.
+The whole-dataset view is :class:`segdiff.store.SliceStore` (read row by row from disk); both offer ``read``.
 """
 
 from __future__ import annotations
@@ -27,15 +27,6 @@ class SliceSet:
     def __len__(self) -> int:
         return len(self.image)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.image.shape[1:])
-
-    @property
-    def classes(self) -> list[int]:
-        """Label ids present in the masks."""
-        return sorted(int(c) for c in np.unique(self.mask))
-
     def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images and masks at ``index`` (the interface of :meth:`segdiff.store.SliceStore.read`)."""
         return self.image[index], self.mask[index]
@@ -43,11 +34,6 @@ class SliceSet:
     def take(self, index: np.ndarray) -> SliceSet:
         return SliceSet(self.image[index], self.mask[index], self.case[index], self.slice[index], self.view[index])
 
-    def subset(self, max_slices: int, seed: int) -> SliceSet:
-        """At most ``max_slices`` slices (0 = all), see :func:`stratified_subset`."""
-        if max_slices <= 0 or len(self) <= max_slices:
-            return self
-        return self.take(stratified_subset(self.case, self.view, max_slices, seed))
 
 
 def stratified_subset(case: np.ndarray, view: np.ndarray, n: int, seed: int) -> np.ndarray:

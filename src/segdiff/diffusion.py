@@ -212,8 +212,8 @@ def fit_diffusion(
     desc: str = "diffusion",
     loader: LoaderSettings = LoaderSettings(),
 ) -> TrainResult:
-    """Train a :class:`SegGuidedDenoiser` on ``slices`` (a memory-mapped
-    :class:`~segdiff.store.SliceStore` or an in-memory :class:`~segdiff.dataset.SliceSet`), read
+    """Train a :class:`SegGuidedDenoiser` on ``slices`` (a
+    :class:`~segdiff.store.SliceStore` on disk or an in-memory :class:`~segdiff.dataset.SliceSet`), read
     batch by batch through :func:`~segdiff.loader.step_loader`.
 
     Returns the :class:`~segdiff.training.TrainResult` (EMA model, loss history).

@@ -4,7 +4,7 @@ Batch ``s`` of a run is a pure function of ``(seed, s)``: the slices of epoch ``
 the order of a permutation drawn from ``default_rng([seed, e])``, and step ``s`` takes positions
 ``s * batch_size ...`` of that sequence. A run resumed at step ``s`` therefore sees exactly the
 batches an uninterrupted run would, whatever the number of workers. Workers read whole batches
-(one fancy index into the memory map per batch), pinned memory and prefetching feed the GPU.
+(one ``read`` of the index array per batch), pinned memory and prefetching feed the GPU.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = 
     total = int(manifest["n_slices"].sum())
     first = next((r for r in manifest.itertuples() if r.n_slices > 0), None)
     shape = read_shard(Path(root) / first.shard).image.shape[1:] if first is not None else (0, 0)
-    rows, classes, start = [], {}, 0
+    rows, classes = [], {}
     with atomic_dir(out_dir) as tmp, open(tmp / "image.npy", "wb") as images, open(tmp / "mask.npy", "wb") as masks:
         # plain appends, not a writable memory map: dirty mapped pages would count as the job's memory
         for f, dtype in ((images, np.float32), (masks, np.uint8)):
@@ -63,7 +63,6 @@ def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = 
             masks.write(np.ascontiguousarray(shard.mask, np.uint8).tobytes())
             rows.append(pd.DataFrame({"case": row.case, "split": row.split, "slice": shard.slice}))
             classes[str(row.case)] = sorted(int(c) for c in np.unique(shard.mask))
-            start += n
         index = pd.concat(rows) if rows else pd.DataFrame(columns=["case", "split", "slice"])
         index.to_csv(tmp / "index.tsv", sep="\t", index=False)
         (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
@@ -196,7 +195,7 @@ class SliceStore:
 
     def subset(self, max_slices: int, seed: int) -> SliceSet:
         """At most ``max_slices`` slices (0 = all), seeded and stratified by case and view
-        (:func:`~segdiff.dataset.stratified_subset`; the same choice as ``SliceSet.subset``)."""
+        (:func:`~segdiff.dataset.stratified_subset`)."""
         if max_slices <= 0 or len(self) <= max_slices:
             return self.take(np.arange(len(self)))
         return self.take(stratified_subset(self.case, self.view, max_slices, seed))

@@ -163,7 +163,7 @@ def find_weights(name: str, configured_path: str | Path | None = None) -> Path:
 
 
 def fetch_weights(url: str, dest: str | Path | None = None, timeout: float = 60) -> Path:
-    """Download a weights file (the only function in segdiff that touches the network).
+    """Download a weights file (with :mod:`segdiff.download`, the only code in segdiff that touches the network).
 
     The file is streamed to a temporary sibling of ``dest`` and renamed onto it only when
     complete. If the URL's file name carries a SHA-256 prefix in torch hub's convention

@@ -155,7 +155,7 @@ MULTIMODAL_RUNS = _multimodal_runs()
 
 
 def stores_of(modality, view):
-    """Memory-mapped slice stores of the slice views behind a model view."""
+    """Slice stores of the slice views behind a model view."""
     return expand("results/slices/{modality}/{view}/store", modality=modality, view=slice_views(view))
 
 
@@ -187,9 +187,9 @@ def train_mem(net, batch_size):
 
 def sample_mem(wildcards):
     modality = wildcards.get("source", None) or wildcards.modality
-    batch = min(config["sampling"]["batch_size"], _test_slices(modality, wildcards.view) * config["sampling"]["k"])
-    return sample_mem_mb(COMPUTE["sample_mem_mb"], _test_slices(modality, wildcards.view), config["sampling"]["k"], PRE["image_size"]) \
-        + cpu_activations_mb(batch, PRE["image_size"], CPU_CHANNELS["diffusion"], training=False)
+    n, k = _test_slices(modality, wildcards.view), config["sampling"]["k"]
+    return sample_mem_mb(COMPUTE["sample_mem_mb"], n, k, PRE["image_size"]) \
+        + cpu_activations_mb(min(config["sampling"]["batch_size"], n * k), PRE["image_size"], CPU_CHANNELS["diffusion"], training=False)
 
 
 def evaluate_mem(wildcards):

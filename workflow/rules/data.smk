@@ -1,4 +1,4 @@
-# Stage 1: volumes -> case table -> NPZ slice shards (+ PNG previews) -> manifests + memory-mapped stores -> preview figure.
+# Stage 1: volumes -> case table -> NPZ slice shards (+ PNG previews) -> manifests + slice stores -> preview figure.
 
 
 rule phantom:
