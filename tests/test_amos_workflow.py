@@ -73,5 +73,7 @@ def test_amos_config_plans_the_download_then_the_poster_study(tmp_path):
     shutil.unpack_archive(archive, tmp_path / "data")
     after = job_counts(snakemake(tmp_path / "plan", config, "-n"))
     assert "amos_download" not in after
-    assert after["train_diffusion"] == 4 and after["sample_diffusion"] == 4 and after["sample_multimodal"] == 1
+    chunks = config["sampling"]["chunks"]  # sampling of each run split into chunk jobs, merged by one gather job
+    assert after["train_diffusion"] == 4 and after["sample_diffusion"] == 4 * chunks and after["sample_multimodal"] == chunks
+    assert after["gather_samples"] == 4 and after["gather_multimodal"] == 1 and chunks > 1
     assert after["evaluate"] == 5 and after["slice_case"] == 10 and after["train_segmentor"] == 2

@@ -4,6 +4,7 @@ its time limit, resumes from its checkpoint to the same model as an uninterrupte
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from test_workflow import TINY, TINY_MODEL, hermetic_env, snakemake
 
 from segdiff.checkpoints import CHECKPOINT_FORMAT, load_file
 from segdiff.diffusion import load_diffusion
+from segdiff.job_memory import train_mem_mb
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
@@ -197,3 +199,62 @@ def test_cancelled_or_timed_out_training_resumes_to_the_same_model(cluster, tmp_
         assert all(torch.equal(model[k], reference[k]) for k in model), name
         assert len(pd.read_csv(workdir / "results/models/diffusion/mri_axial_loss.csv")) == steps
         print(f"{name}: Slurm states {states}, resumed at steps {[r[0] for r in resumed]}")
+
+
+def planned_jobs(*args: str, env: dict | None = None) -> list[dict]:
+    """The jobs `snakemake --profile slurm -n` plans from the repository root: rule, threads and resources."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", *args], cwd=REPO,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if rule and resources:
+            threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
+            values = dict(item.split("=", 1) for item in resources.group(1).split(", "))
+            jobs.append({"rule": rule.group(1), "threads": int(threads.group(1)) if threads else 1, **values})
+    return jobs
+
+
+GPU_RULES = {"train_diffusion", "train_segmentor", "sample_diffusion", "sample_multimodal", "evaluate"}
+
+
+def test_profile_plans_the_study_with_gpu_requests_on_the_gpu_rules():
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    compute = {**config["compute"], **yaml.safe_load((REPO / "slurm/compute.yaml").read_text())["compute"]}
+    env = {**os.environ, "SBATCH_PARTITION": "gpu-a100", "SBATCH_ACCOUNT": "lab42", "SEGDIFF_GPU_MODEL": "a100",
+           "SEGDIFF_SLURM_EXTRA": "--qos=normal --constraint=ib"}
+    jobs = planned_jobs(env=env)
+    assert {j["rule"] for j in jobs} >= GPU_RULES | {"slice_case", "manifest", "table"}
+    for job in jobs:
+        assert job.get("gpu") == ("1" if job["rule"] in GPU_RULES else None), job
+        # site settings come from the environment, with no site name in the repository
+        assert (job["slurm_partition"], job["slurm_account"], job["gpu_model"]) == ("gpu-a100", "lab42", "a100"), job
+        assert job["slurm_extra"] == "--qos=normal --constraint=ib"
+    train = next(j for j in jobs if j["rule"] == "train_diffusion")
+    assert train["threads"] == compute["train_threads"] and train["runtime"] == str(compute["train_runtime_min"])
+    # memory follows the config: the process plus the loader's batches in flight and its workers
+    assert train["mem_mb"] == str(train_mem_mb(compute["train_mem_mb"], config["diffusion"]["train"]["batch_size"],
+                                               config["preprocess"]["image_size"], compute["loader_workers"],
+                                               compute["prefetch"]))
+    # without the variables: no partition (the cluster's default), no account, any GPU
+    bare = planned_jobs(env={k: v for k, v in os.environ.items() if not k.startswith(("SBATCH_", "SEGDIFF_"))})
+    assert not any({"slurm_partition", "slurm_account", "gpu_model", "slurm_extra"} & set(j) for j in bare)
+
+
+def test_profile_plans_data_parallel_training_with_n_gpus(tmp_path):
+    """compute.gpus: 4 -> each training job asks for 4 GPUs, 4 x the threads and 4 processes' memory
+    (each holds a quarter of the global batch); sampling and evaluation jobs keep one GPU each."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    compute = {**config["compute"], **yaml.safe_load((REPO / "slurm/compute.yaml").read_text())["compute"], "gpus": 4}
+    (tmp_path / "four.yaml").write_text(yaml.safe_dump({"compute": {"gpus": 4}}))
+    jobs = planned_jobs("--configfiles", "config/config.yaml", "slurm/compute.yaml", str(tmp_path / "four.yaml"))
+    batch = config["diffusion"]["train"]["batch_size"]
+    for job in jobs:
+        if job["rule"] == "train_diffusion":
+            assert job["gpu"] == "4" and job["threads"] == 4 * compute["train_threads"], job
+            assert job["mem_mb"] == str(4 * train_mem_mb(compute["train_mem_mb"], batch // 4, config["preprocess"]["image_size"],
+                                                         compute["loader_workers"], compute["prefetch"]))
+        elif job["rule"] in GPU_RULES - {"train_diffusion", "train_segmentor"}:
+            assert job["gpu"] == "1", job

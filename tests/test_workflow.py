@@ -19,7 +19,6 @@ from conftest import REPO, TOTALSEG, ras_pair, save
 
 from segdiff.diffusion import load_diffusion
 from segdiff.generation import read_generation
-from segdiff.job_memory import train_mem_mb
 from segdiff.shards import read_shard
 from monai.losses import DiceLoss
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -315,16 +314,3 @@ def check_table_recomputes(results):
             assert cell("PSNR (poster protocol)", column) == pytest.approx(psnr8, abs=6e-3)
         per_slice = pd.read_csv(results / f"evaluation/{run}/per_slice.csv")
         assert len(per_slice) == len(gen)
-
-
-def test_slurm_profile_plans_gpu_jobs():
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "profiles/slurm"], cwd=REPO,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    compute = yaml.safe_load((REPO / "profiles/slurm/compute.yaml").read_text())["compute"]
-    # memory requests follow the config: the process plus the loader's batches in flight and its workers
-    expected = train_mem_mb(compute["train_mem_mb"], config["diffusion"]["train"]["batch_size"],
-                            config["preprocess"]["image_size"], compute["loader_workers"], compute["prefetch"])
-    assert expected > compute["train_mem_mb"] + 8 * 400 - 1
-    assert "gpu=1" in proc.stdout and f"mem_mb={expected}" in proc.stdout

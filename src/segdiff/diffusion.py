@@ -22,6 +22,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
+from segdiff.distributed import Rank, current_rank, launch, local_batch_size, should_launch
 from segdiff.errors import InputError
 from segdiff.loader import LoaderSettings, Slices, step_loader
 from segdiff.training import TrainResult, TrainSettings, train
@@ -112,16 +113,20 @@ def one_hot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).float()
 
 
-def ablate_masks(mask: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+def ablate_masks(mask: torch.Tensor, p: float, generator: torch.Generator, rank: Rank | None = None) -> torch.Tensor:
     """Drop each organ class of each sample's mask (set to background) with probability ``p``.
 
     Training only: sampling never ablates. Draws from ``generator`` even when ``p == 0`` is not
-    needed, so it returns ``mask`` untouched then.
+    needed, so it returns ``mask`` untouched then. With a ``rank`` of a data-parallel job, ``mask``
+    is its share of the global batch: the draws are those of the global batch (its highest label
+    included), of which the rank keeps its rows.
     """
     if p <= 0:
         return mask
-    n_classes = int(mask.max()) + 1
-    drop = torch.rand((mask.shape[0], n_classes), generator=generator, device=mask.device) < p
+    rank = rank or Rank()
+    b = mask.shape[0]
+    n_classes = int(rank.max(mask.max())) + 1
+    drop = torch.rand((b * rank.world_size, n_classes), generator=generator, device=mask.device)[rank.rows(b)] < p
     drop[:, 0] = False
     return torch.where(torch.gather(drop, 1, mask.long().flatten(1)).view_as(mask), torch.zeros_like(mask), mask)
 
@@ -176,17 +181,23 @@ def diffusion_loss(
     generator: torch.Generator,
     ablation_p: float = 0.0,
     min_snr_gamma: float = 0.0,
+    rank: Rank | None = None,
 ) -> torch.Tensor:
     """MSE between the network output and the target of the scheduler's prediction type,
     weighted per sample by min-SNR-gamma when ``min_snr_gamma > 0``.
 
-    ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, H, W) integer labels.
+    ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, H, W) integer labels. With a ``rank`` of a
+    data-parallel job they are its B rows of a global batch of ``B * world_size``: noise,
+    timesteps and ablation are drawn for the global batch (the same on every rank) and the rank
+    keeps its rows, so the job computes what one process computes on the global batch.
     """
+    rank = rank or Rank()
     x0 = to_model_range(images)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    t = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+    b, rows = x0.shape[0], rank.rows(x0.shape[0])
+    noise = torch.randn((b * rank.world_size, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]
+    t = torch.randint(0, scheduler.num_train_timesteps, (b * rank.world_size,), generator=generator, device=x0.device)[rows]
     noisy = scheduler.add_noise(x0, noise, t)
-    cond = one_hot(ablate_masks(masks, ablation_p, generator), num_classes)
+    cond = one_hot(ablate_masks(masks, ablation_p, generator, rank), num_classes)
     prediction = model(noisy, t, cond)
     if scheduler.prediction_type == "epsilon":
         target = noise
@@ -211,13 +222,22 @@ def fit_diffusion(
     ablation_p: float = 0.0,
     desc: str = "diffusion",
     loader: LoaderSettings = LoaderSettings(),
+    world_size: int = 1,
 ) -> TrainResult:
     """Train a :class:`SegGuidedDenoiser` on ``slices`` (a
     :class:`~segdiff.store.SliceStore` on disk or an in-memory :class:`~segdiff.dataset.SliceSet`), read
     batch by batch through :func:`~segdiff.loader.step_loader`.
 
+    ``world_size > 1``: data parallel over that many processes (one per GPU on CUDA, see
+    :func:`~segdiff.distributed.launch`), ``batch_size`` being the global batch; the result is rank 0's.
+
     Returns the :class:`~segdiff.training.TrainResult` (EMA model, loss history).
     """
+    if should_launch(world_size):
+        local_batch_size(batch_size, world_size)  # refuse a batch the ranks cannot share before starting them
+        return launch(fit_diffusion, world_size, device, slices, denoiser, scheduler_config, settings, batch_size,
+                      checkpoint, device, ablation_p, desc, loader, world_size=world_size)
+    rank = current_rank(device)
     torch.manual_seed(settings.seed)  # weight initialisation
     model = SegGuidedDenoiser(denoiser)
     scheduler = make_scheduler(scheduler_config, "ddpm")
@@ -225,13 +245,13 @@ def fit_diffusion(
     def loss_fn(net, batch, generator):
         images, masks = batch
         loss = diffusion_loss(net, scheduler, images, masks.long(), denoiser.num_classes, generator, ablation_p,
-                              scheduler_config.min_snr_gamma)
+                              scheduler_config.min_snr_gamma, rank)
         return loss, len(images)
 
     def batches(start):
-        return step_loader(slices, batch_size, settings.seed, start, settings.steps, loader)
+        return step_loader(slices, batch_size, settings.seed, start, settings.steps, loader, rank.rank, rank.world_size)
 
-    return train(model, loss_fn, batches, settings, checkpoint, device, kind="diffusion", desc=desc)
+    return train(model, loss_fn, batches, settings, checkpoint, rank.device, kind="diffusion", desc=desc, rank=rank)
 
 
 def save_diffusion(path, model: SegGuidedDenoiser, scheduler_config: SchedulerConfig, meta: dict) -> None:

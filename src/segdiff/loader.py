@@ -5,6 +5,10 @@ the order of a permutation drawn from ``default_rng([seed, e])``, and step ``s``
 ``s * batch_size ...`` of that sequence. A run resumed at step ``s`` therefore sees exactly the
 batches an uninterrupted run would, whatever the number of workers. Workers read whole batches
 (one ``read`` of the index array per batch), pinned memory and prefetching feed the GPU.
+
+Under data parallelism ``batch_size`` is the global batch: rank ``r`` of ``world_size`` reads only
+positions ``r * b .. (r + 1) * b - 1`` of every global batch (``b = batch_size / world_size``), so
+the ranks together read each global batch exactly once.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from segdiff.distributed import local_batch_size
 
 __all__ = ["Slices", "LoaderSettings", "loader_settings", "StepBatches", "BatchReader", "step_loader"]
 
@@ -48,12 +54,16 @@ def loader_settings(compute: dict, device: torch.device) -> LoaderSettings:
 
 
 class StepBatches(Sampler):
-    """Index arrays of the batches of steps ``start .. stop - 1`` (epoch permutations, see module doc)."""
+    """Index arrays of the batches of steps ``start .. stop - 1`` (epoch permutations, see module doc):
+    of the whole global batch of ``batch_size``, or of rank ``rank``'s share of it."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
         if n <= 0 or batch_size <= 0:
             raise ValueError(f"need slices and a positive batch size, got n={n}, batch_size={batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0 .. world_size - 1, got rank={rank}, world_size={world_size}")
         self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+        self.rank, self.local_batch_size = rank, local_batch_size(batch_size, world_size)
         self._epoch, self._order = -1, np.empty(0, np.int64)
 
     def __len__(self) -> int:
@@ -65,7 +75,8 @@ class StepBatches(Sampler):
         return self._order
 
     def batch(self, step: int) -> np.ndarray:
-        positions = step * self.batch_size + np.arange(self.batch_size)
+        """Slice indices of this rank's share of the global batch of ``step``."""
+        positions = step * self.batch_size + self.rank * self.local_batch_size + np.arange(self.local_batch_size)
         return np.array([self._permutation(p // self.n)[p % self.n] for p in positions.tolist()], np.int64)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -88,9 +99,11 @@ class BatchReader(Dataset):
 
 
 def step_loader(slices: Slices, batch_size: int, seed: int, start: int, stop: int,
-                settings: LoaderSettings = LoaderSettings()) -> DataLoader:
-    """A DataLoader yielding the batches of steps ``start .. stop - 1``."""
-    return DataLoader(BatchReader(slices), sampler=StepBatches(len(slices), batch_size, seed, start, stop),
+                settings: LoaderSettings = LoaderSettings(), rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader yielding the batches of steps ``start .. stop - 1`` (rank ``rank``'s
+    ``batch_size / world_size`` rows of each global batch of ``batch_size``)."""
+    sampler = StepBatches(len(slices), batch_size, seed, start, stop, rank, world_size)
+    return DataLoader(BatchReader(slices), sampler=sampler,
                       batch_size=None, num_workers=settings.workers, pin_memory=settings.pin_memory,
                       prefetch_factor=settings.prefetch if settings.workers else None,
                       persistent_workers=False)

@@ -6,6 +6,13 @@ exactly (on CPU the resumed run ends with the same weights as an uninterrupted o
 with loss and images/s, and the loss history. bf16 autocast where the device computes bf16
 natively (CUDA; CPUs with AVX512-BF16/AMX); on CUDA also channels_last, fused AdamW and optional
 ``torch.compile``.
+
+Data parallel (a :class:`segdiff.distributed.Rank` of a job of ``world_size`` processes): the
+model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, every rank holds the same
+seeded RNG and draws the randomness of the whole global batch (keeping its rows, see the loss
+functions), steps are global optimizer steps (the LR schedule is unchanged), the logged loss is the
+mean over the ranks and images/s counts the global batch. Rank 0 alone writes checkpoints; every
+rank resumes from the same one and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from tqdm.auto import tqdm
 
 from segdiff.atomic import atomic_path
 from segdiff.checkpoints import CHECKPOINT_FORMAT, load_file, save_file
+from segdiff.distributed import Rank, current_rank
 
 __all__ = ["TrainSettings", "TrainResult", "train", "pick_device", "native_bf16", "use_bf16", "warmup_cosine",
            "write_history"]
@@ -34,11 +42,12 @@ __all__ = ["TrainSettings", "TrainResult", "train", "pick_device", "native_bf16"
 log = logging.getLogger(__name__)
 
 #: ``loss_fn(model, batch, generator) -> (loss, images in the batch)``: ``batch`` comes from the
-#: ``batches`` iterable of :func:`train`, on the training device; ``generator`` draws its noise.
+#: ``batches`` iterable of :func:`train`, on the training device (this rank's share of the global
+#: batch); ``generator`` draws its noise (for the global batch: every rank's generator is the same).
 LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, int]]
 
 #: ``batches(start_step)``: the batches of steps ``start_step .. steps - 1``, in order (e.g. a
-#: :func:`segdiff.loader.step_loader`), so that a resumed run reads the same batches.
+#: :func:`segdiff.loader.step_loader`; this rank's share of each), so that a resumed run reads the same batches.
 Batches = Callable[[int], Iterable]
 
 
@@ -111,12 +120,18 @@ def train(
     device: torch.device,
     kind: str,
     desc: str = "train",
+    rank: Rank | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``settings.steps`` steps, resuming from ``checkpoint`` when it exists.
 
     The checkpoint is written every ``checkpoint_every`` steps (atomically) and left in place at
     the end; callers delete it once the final model file is safely written.
+
+    ``rank``: this process's place in a data-parallel job (default: :func:`~segdiff.distributed.current_rank`,
+    the single process unless a process group is initialised); ``device`` is then its own device.
+    Rank 0 writes the checkpoint, the others wait for it.
     """
+    rank = current_rank(device) if rank is None else rank
     checkpoint = Path(checkpoint)
     model.to(device)
     cuda = device.type == "cuda"
@@ -130,7 +145,7 @@ def train(
     generator.manual_seed(settings.seed)
     history: list[dict] = []
     step = 0
-    if checkpoint.exists():
+    if rank.from_main(checkpoint.exists()):
         state = load_file(checkpoint, CHECKPOINT_FORMAT, kind, map_location=device)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -140,18 +155,24 @@ def train(
         history, step = list(state["history"]), int(state["step"])
         log.info("%s: resumed from %s at step %d", desc, checkpoint, step)
     resumed_from = step
-    forward = torch.compile(model) if settings.compile and cuda else model  # CPU: compiling costs more than it saves
+    net = model
+    if rank.distributed:  # after the resume: the replicas start equal (DDP also broadcasts rank 0's weights)
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    forward = torch.compile(net) if settings.compile and cuda else net  # CPU: compiling costs more than it saves
     bf16 = native_bf16(device) if settings.bf16 is None else settings.bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def save_checkpoint() -> None:
-        save_file(checkpoint, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "generator": generator.get_state(), "history": history, "step": step,
-        }, CHECKPOINT_FORMAT, kind)
+        if rank.is_main:
+            save_file(checkpoint, {
+                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "generator": generator.get_state(), "history": history, "step": step,
+            }, CHECKPOINT_FORMAT, kind)
+        rank.barrier()  # no rank runs ahead of (or reads) a checkpoint being written
 
     model.train()
-    bar = tqdm(total=settings.steps, initial=step, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(total=settings.steps, initial=step, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True,
+               disable=not rank.is_main)
     tick = time.perf_counter()
     for batch in batches(step):
         if step >= settings.steps:
@@ -168,8 +189,8 @@ def train(
         ema.update_parameters(model)
         step += 1
         now = time.perf_counter()
-        row = {"step": step, "loss": float(loss.detach()), "lr": schedule.get_last_lr()[0],
-               "images_per_s": n_images / max(now - tick, 1e-9)}
+        row = {"step": step, "loss": float(rank.mean(loss.detach())), "lr": schedule.get_last_lr()[0],
+               "images_per_s": n_images * rank.world_size / max(now - tick, 1e-9)}
         tick = now
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}", refresh=False)

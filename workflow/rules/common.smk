@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from segdiff.casesheet import assign_splits, read_case_sheet, sheet_from_amos, validate_case_sheet
+from segdiff.chunks import largest_chunk
 from segdiff.config import parse_run, validate_config
 from segdiff.download import AMOS_FOLDER
 from segdiff.errors import ConfigError
@@ -180,16 +181,47 @@ CPU_CHANNELS = {"diffusion": config["diffusion"]["model"]["channels"][0] if ON_C
                 "segmentor": config["segmentor"]["model"]["channels"][0] if ON_CPU else 0}
 
 
+#: processes of a training job: one per GPU, data-parallel, when compute.gpus > 1 (as
+#: segdiff.distributed.job_world_size decides inside the job; the planning node may have no GPU)
+TRAIN_PROCESSES = COMPUTE["gpus"] if COMPUTE["gpus"] > 1 and COMPUTE["device"] != "cpu" else 1
+#: GPUs of a job that runs on one device (sampling, evaluation): more GPUs mean more chunk jobs side by side
+JOB_GPUS = min(COMPUTE["gpus"], 1)
+for _key in ("diffusion", "segmentor"):
+    if config[_key]["train"]["batch_size"] % TRAIN_PROCESSES:
+        raise ConfigError(f"{_key}.train.batch_size", f"{config[_key]['train']['batch_size']} is the global batch of "
+                          f"{TRAIN_PROCESSES} data-parallel processes (compute.gpus): make it a multiple of {TRAIN_PROCESSES}")
+
+
+def train_threads():
+    """CPUs of a training job: compute.train_threads for each of its processes."""
+    return COMPUTE["train_threads"] * TRAIN_PROCESSES
+
+
 def train_mem(net, batch_size):
-    return train_mem_mb(COMPUTE["train_mem_mb"], batch_size, PRE["image_size"], COMPUTE["loader_workers"], COMPUTE["prefetch"]) \
-        + cpu_activations_mb(batch_size, PRE["image_size"], CPU_CHANNELS[net], training=True)
+    """Each process of a training job holds its share of the global batch, its loader workers and (on
+    the CPU) its activations."""
+    local = batch_size // TRAIN_PROCESSES
+    return TRAIN_PROCESSES * (
+        train_mem_mb(COMPUTE["train_mem_mb"], local, PRE["image_size"], COMPUTE["loader_workers"], COMPUTE["prefetch"])
+        + cpu_activations_mb(local, PRE["image_size"], CPU_CHANNELS[net], training=True))
 
 
 def sample_mem(wildcards):
+    """A sampling job holds its chunk of the test subset (wildcard scatteritem i-of-n)."""
     modality = wildcards.get("source", None) or wildcards.modality
-    n, k = _test_slices(modality, wildcards.view), config["sampling"]["k"]
+    chunks = int(wildcards.scatteritem.split("-of-")[1])
+    n, k = largest_chunk(_test_slices(modality, wildcards.view), chunks, config["sampling"]["k"], config["sampling"]["batch_size"]), config["sampling"]["k"]
     return sample_mem_mb(COMPUTE["sample_mem_mb"], n, k, PRE["image_size"]) \
         + cpu_activations_mb(min(config["sampling"]["batch_size"], n * k), PRE["image_size"], CPU_CHANNELS["diffusion"], training=False)
+
+
+GATHER_MEM_MB = 1000  # a gather job's process: numpy, torch imported, matplotlib; no model
+
+
+def gather_mem(wildcards):
+    """A gather job holds the merged generations of the run (and one part while it copies it in)."""
+    modality = wildcards.get("source", None) or wildcards.modality
+    return sample_mem_mb(GATHER_MEM_MB, _test_slices(modality, wildcards.view), config["sampling"]["k"], PRE["image_size"])
 
 
 def evaluate_mem(wildcards):

@@ -24,7 +24,7 @@ rule train_diffusion:
         "logs/diffusion/train_{modality}_{view}.log",
     benchmark:
         "benchmarks/diffusion/train_{modality}_{view}.tsv"
-    threads: config["compute"]["train_threads"]
+    threads: train_threads()
     priority: 10  # the longest jobs of the study: start them first
     resources:
         mem_mb=train_mem("diffusion", config["diffusion"]["train"]["batch_size"]),
@@ -36,10 +36,61 @@ rule train_diffusion:
         "../scripts/train_diffusion.py"
 
 
+# Sampling is scattered over sampling.chunks jobs per run (Snakemake's scattergather; `--set-scatter
+# sample=N` overrides it): chunk i-of-n samples part i of the run's test subset (segdiff.chunks.chunk_bounds)
+# into a temporary chunk file, and the gather job merges the parts into the files the evaluation reads,
+# equal to one job's. With chunks 1: one sampling job and a light gather.
+scattergather:
+    sample=config["sampling"]["chunks"],
+
+
 rule sample_diffusion:
     input:
         model="results/models/diffusion/{modality}_{view}.pt",
         stores=run_stores,
+    output:
+        part=temp("results/samples/{modality}_{view}/chunks/multi_inference_{scatteritem}.npz"),
+    params:
+        sampling=config["sampling"],
+        max_slices=config["evaluation"]["max_slices"],
+        device=config["compute"]["device"],
+        precision=config["compute"]["precision"],
+        seed=config["seed"],
+        mode="multi_inference",
+    log:
+        "logs/diffusion/sample_{modality}_{view}_{scatteritem}.log",
+    benchmark:
+        "benchmarks/diffusion/sample_{modality}_{view}_{scatteritem}.tsv"
+    threads: config["compute"]["sample_threads"]
+    resources:
+        mem_mb=sample_mem,
+        runtime=config["compute"]["train_runtime_min"],
+        gpu=JOB_GPUS,
+    conda:
+        "../../envs/segdiff.yaml"
+    script:
+        "../scripts/sample_chunk.py"
+
+
+use rule sample_diffusion as sample_multimodal with:
+    output:
+        part=temp("results/samples/{source}2{modality}_{view}/chunks/multimodal_{scatteritem}.npz"),
+    params:
+        sampling=config["sampling"],
+        max_slices=config["evaluation"]["max_slices"],
+        device=config["compute"]["device"],
+        precision=config["compute"]["precision"],
+        seed=config["seed"],
+        mode="multimodal",
+    log:
+        "logs/diffusion/sample_{source}2{modality}_{view}_{scatteritem}.log",
+    benchmark:
+        "benchmarks/diffusion/sample_{source}2{modality}_{view}_{scatteritem}.tsv"
+
+
+rule gather_samples:
+    input:
+        parts=gather.sample("results/samples/{{modality}}_{{view}}/chunks/multi_inference_{scatteritem}.npz"),
     output:
         samples="results/samples/{modality}_{view}/multi_inference.npz",
         grid=report(
@@ -54,29 +105,22 @@ rule sample_diffusion:
             category="3. Generations",
         ),
     params:
-        sampling=config["sampling"],
-        max_slices=config["evaluation"]["max_slices"],
         labels=config["dataset"]["labels"],
-        device=config["compute"]["device"],
-        precision=config["compute"]["precision"],
-        seed=config["seed"],
-        mode="multi_inference",
     log:
-        "logs/diffusion/sample_{modality}_{view}.log",
-    benchmark:
-        "benchmarks/diffusion/sample_{modality}_{view}.tsv"
-    threads: config["compute"]["sample_threads"]
+        "logs/diffusion/gather_{modality}_{view}.log",
+    threads: 1
     resources:
-        mem_mb=sample_mem,
-        runtime=config["compute"]["train_runtime_min"],
-        gpu=config["compute"]["gpus"],
+        mem_mb=gather_mem,
+        runtime=15,
     conda:
         "../../envs/segdiff.yaml"
     script:
-        "../scripts/sample_diffusion.py"
+        "../scripts/gather_samples.py"
 
 
-use rule sample_diffusion as sample_multimodal with:
+use rule gather_samples as gather_multimodal with:
+    input:
+        parts=gather.sample("results/samples/{{source}}2{{modality}}_{{view}}/chunks/multimodal_{scatteritem}.npz"),
     output:
         samples="results/samples/{source}2{modality}_{view}/multimodal.npz",
         grid=report(
@@ -84,15 +128,5 @@ use rule sample_diffusion as sample_multimodal with:
             caption="../report/generations.rst",
             category="3. Generations",
         ),
-    params:
-        sampling=config["sampling"],
-        max_slices=config["evaluation"]["max_slices"],
-        labels=config["dataset"]["labels"],
-        device=config["compute"]["device"],
-        precision=config["compute"]["precision"],
-        seed=config["seed"],
-        mode="multimodal",
     log:
-        "logs/diffusion/sample_{source}2{modality}_{view}.log",
-    benchmark:
-        "benchmarks/diffusion/sample_{source}2{modality}_{view}.tsv"
+        "logs/diffusion/gather_{source}2{modality}_{view}.log",

@@ -19,7 +19,7 @@ rule train_segmentor:
         "logs/segmentor/train_{modality}.log",
     benchmark:
         "benchmarks/segmentor/train_{modality}.tsv"
-    threads: config["compute"]["train_threads"]
+    threads: train_threads()
     priority: 5  # after the diffusion models (the longest jobs), before sampling
     resources:
         mem_mb=train_mem("segmentor", config["segmentor"]["train"]["batch_size"]),
@@ -54,7 +54,7 @@ rule evaluate:
     resources:
         mem_mb=evaluate_mem,
         runtime=60,
-        gpu=config["compute"]["gpus"],
+        gpu=JOB_GPUS,
     conda:
         "../../envs/segdiff.yaml"
     script:

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
+from segdiff.distributed import is_main_process, job_world_size
 from segdiff.figures import loss_curve_figure
 from segdiff.labels import load_label_map
 from segdiff.loader import loader_settings
@@ -21,7 +22,9 @@ def main():
     batch_size = train.pop("batch_size")
     result = fit_diffusion(slices, denoiser, scheduler, TrainSettings(seed=p.seed, bf16=use_bf16(p.precision, device), **train), batch_size,
                            p.checkpoint, device, cfg["ablation_p"], desc=f"diffusion {w.modality}/{w.view}",
-                           loader=loader_settings(p.loader, device))
+                           loader=loader_settings(p.loader, device), world_size=job_world_size(p.loader))
+    if not is_main_process():  # a rank under torchrun: rank 0 writes the outputs
+        return
     meta = {"modality": w.modality, "view": w.view, "train_slices": len(slices), "labels": labels.names, "seed": p.seed,
             "classes_seen": slices.classes}
     save_diffusion(snakemake.output.model, result.ema, scheduler, meta)

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from segdiff.distributed import is_main_process, job_world_size
 from segdiff.labels import load_label_map
 from segdiff.loader import loader_settings
 from segdiff.runtime import run_script
@@ -18,7 +19,9 @@ def main():
     batch_size, augmentation = train.pop("batch_size"), train.pop("augment")
     result = fit_segmentor(slices, config, TrainSettings(seed=p.seed, bf16=use_bf16(p.precision, device), **train), batch_size, p.checkpoint,
                            device, desc=f"segmentor {modality}", augmentation=augmentation,
-                           loader=loader_settings(p.loader, device))
+                           loader=loader_settings(p.loader, device), world_size=job_world_size(p.loader))
+    if not is_main_process():  # a rank under torchrun: rank 0 writes the outputs
+        return
     save_segmentor(snakemake.output.model, result.ema, config,
                    {"modality": modality, "train_slices": len(slices), "splits": p.segmentor["splits"]})
     write_history(result.history, snakemake.output.loss)

@@ -1,0 +1,34 @@
+"""How a run's sampling splits into chunk jobs (``sampling.chunks``): the part of the test subset
+each job samples. Imported by the workflow at parse time (a chunk job's memory request), so it
+needs nothing heavier than numpy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["chunk_bounds", "largest_chunk"]
+
+
+def chunk_bounds(n: int, chunks: int, k: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each of ``chunks`` contiguous parts of a test subset of ``n`` slices.
+
+    The subset is cut into *batch blocks*, the fewest slices whose ``k`` generations fill whole
+    sampling batches (``batch_size / gcd(batch_size, k)`` slices), and the blocks are split as
+    ``np.array_split`` splits (the first ``blocks % chunks`` parts one block longer). Every batch a
+    chunk job samples is then one the unsplit job samples too: equal results do not rest on the
+    kernels giving the same bits for other batch shapes (cuDNN picks algorithms by shape). A part
+    may be empty when there are fewer blocks than chunks.
+    """
+    if chunks < 1:
+        raise ValueError(f"chunks must be >= 1, got {chunks}")
+    block = batch_size // math.gcd(batch_size, k)
+    sizes = [len(p) for p in np.array_split(np.arange(-(-n // block)), chunks)]
+    edges = np.minimum(np.concatenate([[0], np.cumsum(sizes)]) * block, n)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def largest_chunk(n: int, chunks: int, k: int, batch_size: int) -> int:
+    """Slices of the largest part (what one chunk job holds)."""
+    return max(stop - start for start, stop in chunk_bounds(n, chunks, k, batch_size))

@@ -1,0 +1,216 @@
+"""Sampling split over jobs (sampling.chunks, Snakemake scatter/gather): the merged files equal an
+unsplit run's array for array, parts that do not fit together are refused, and the workflow plans
+one sampling job per chunk plus a gather per run."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_diffusion import SCHED, perturbed_model
+from test_workflow import TINY, TINY_MODEL, snakemake
+
+from segdiff.diffusion import save_diffusion
+from segdiff.errors import InputError
+from segdiff.chunks import chunk_bounds
+from segdiff.generation import (gather_run, merge_chunks, read_generation, sample_chunk, sample_run,
+                                subset_index)
+from segdiff.shards import build_manifest
+from segdiff.slicing import Shard
+from segdiff.store import SliceStore, write_store
+
+SAMPLING = {"sampler": "ddim", "steps": 2, "eta": 1.0, "batch_size": 4, "k": 2}  # batch blocks of 2 slices
+MAX_SLICES = 9
+CHUNKS = 3
+FILES = ("multi_inference", "reconstruction")
+
+
+def make_stores(root, size=16):
+    """Test slices of three cases in two views (a model on view "all"); organ 3 only in case t0's axial slices."""
+    cases = {"t0": ("test", 5), "t1": ("test", 4), "t2": ("test", 6), "x": ("train", 3)}
+    rng = np.random.default_rng(0)
+    stores = []
+    for view in ("axial", "coronal"):
+        paths = {}
+        for case, (_, n) in cases.items():
+            mask = np.zeros((n, size, size), np.uint8)
+            mask[:, 3:8, 3:10] = 1
+            mask[:, 9:14, 6:12] = 2
+            if case == "t0" and view == "axial":
+                mask[:, 2:5, 11:15] = 3
+            image = (0.3 * (mask == 1) + 0.7 * (mask == 2) + rng.normal(0, 0.05, mask.shape)).clip(0, 1)
+            paths[case] = root / view / f"{case}.npz"
+            paths[case].parent.mkdir(parents=True, exist_ok=True)
+            Shard(image=image.astype(np.float32), mask=mask, slice=np.arange(n, dtype=np.int32), pixel_mm=2.0).save(paths[case])
+        rows = pd.DataFrame({"case": list(cases), "modality": "ct", "split": [s for s, _ in cases.values()]})
+        stores.append(write_store(build_manifest(rows, paths, view), root / view / "store"))
+    return stores
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chunks")
+    model = root / "model.pt"
+    save_diffusion(model, perturbed_model(), SCHED, {"classes_seen": [0, 1, 2]})  # random weights: seeds matter
+    return root, model, make_stores(root)
+
+
+def job_counts(proc) -> dict[str, int]:
+    """Snakemake's "Job stats" table (of a run or a dry run) as {rule: count}."""
+    table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\n\n")[0]
+    return {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
+
+
+def run_files(folder, mode):
+    name = "multi_inference" if mode == "multi_inference" else "multimodal"
+    files = {"samples": folder / f"{name}.npz", "grid": folder / f"{name}.png"}
+    if mode == "multi_inference":
+        files.update(reconstruction=folder / "reconstruction.npz", reconstruction_grid=folder / "reconstruction.png")
+    return files
+
+
+def sample_chunks(setup, mode, folder, chunks=CHUNKS, seed=5, model=None, only=None):
+    """The chunk files of a run (those numbered ``only``, 0-based, when given)."""
+    root, default_model, stores = setup
+    parts = [folder / f"part_{i + 1}-of-{chunks}.npz" for i in range(chunks)]
+    for i, part in enumerate(parts):
+        if only is None or i in only:
+            sample_chunk(model or default_model, stores, mode, SAMPLING, MAX_SLICES, seed, "cpu", part, i, chunks, "fp32")
+    return parts
+
+
+def assert_same_generation(merged, unsplit, merged_path, unsplit_path):
+    assert list(merged) == list(unsplit)
+    for key in merged:
+        if key == "info":
+            a, b = dict(merged["info"]), dict(unsplit["info"])
+            if "taken_from" in a:  # the reconstruction names its multi-inference file
+                assert (a.pop("taken_from"), b.pop("taken_from")) == (str(merged_path), str(unsplit_path))
+            assert a == b
+        else:
+            assert merged[key].dtype == unsplit[key].dtype and np.array_equal(merged[key], unsplit[key]), key
+
+
+@pytest.mark.parametrize("mode", ["multi_inference", "multimodal"])
+def test_chunks_merge_to_the_unsplit_run_and_read_only_their_rows(setup, tmp_path, monkeypatch, mode):
+    root, model, stores = setup
+    whole, split = run_files(tmp_path / "whole", mode), run_files(tmp_path / "split", mode)
+    sample_run(model, stores, mode, SAMPLING, MAX_SLICES, 5, "cpu", "amos15", whole["samples"], whole["grid"], "fp32",
+               whole.get("reconstruction"), whole.get("reconstruction_grid"), title="t")
+    reads = []
+    real_read = SliceStore.read
+    monkeypatch.setattr(SliceStore, "read", lambda self, index: reads.append(len(index)) or real_read(self, index))
+    parts = sample_chunks(setup, mode, tmp_path / "parts")
+    assert reads == [4, 4, 1]  # each chunk reads its part only: 5 batch blocks of 2 slices split 2, 2, 1
+    random.Random(0).shuffle(parts)  # the gather sorts them
+    gather_run(parts, "amos15", split["samples"], split["grid"], split.get("reconstruction"),
+               split.get("reconstruction_grid"), title="t")
+    for name in [f for f in ("samples", "reconstruction") if f in whole]:
+        unsplit, merged = read_generation(whole[name]), read_generation(split[name])
+        assert_same_generation(merged, unsplit, merged_path=split["samples"], unsplit_path=whole["samples"])
+    assert all(split[grid].stat().st_size > 5_000 for grid in split if grid.endswith("grid"))
+    unsplit = read_generation(whole["samples"])
+    assert len(unsplit["case"]) == MAX_SLICES and unsplit["generated"].shape[1] == 2
+    if mode == "multimodal":
+        # organ 3 lies in the first chunk only: the merged record is the union of the parts'
+        assert unsplit["info"]["classes_set_to_background"] == [3]
+        assert [read_generation(p)["info"]["classes_set_to_background"] for p in sorted(parts)] == [[3], [], []]
+
+
+def test_chunk_bounds_split_batch_blocks_like_array_split():
+    for n, chunks, k, batch in [(9, 3, 2, 4), (1024, 8, 4, 64), (32, 3, 4, 64), (10, 4, 1, 1), (0, 2, 4, 8), (7, 1, 3, 5)]:
+        bounds = chunk_bounds(n, chunks, k, batch)
+        assert len(bounds) == chunks and bounds[0][0] == 0 and bounds[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, in order
+        assert all(start * k % batch == 0 for start, _ in bounds)  # every chunk starts on a batch of the unsplit run
+    assert chunk_bounds(10, 4, 1, 1) == [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(10), 4)]
+    assert chunk_bounds(1024, 8, 4, 64) == [(128 * i, 128 * (i + 1)) for i in range(8)]  # the AMOS config
+    assert chunk_bounds(32, 3, 4, 64) == [(0, 16), (16, 32), (32, 32)]  # fewer blocks than chunks: one empty part
+    with pytest.raises(ValueError):
+        chunk_bounds(5, 0, 1, 1)
+
+
+def test_subset_index_is_the_store_subset(setup):
+    store = SliceStore(setup[2], ["test"])
+    for max_slices in (0, 5, MAX_SLICES, 100):
+        taken = store.take(subset_index(store, max_slices, 5))
+        subset = store.subset(max_slices, 5)
+        assert np.array_equal(taken.image, subset.image) and list(taken.case) == list(subset.case)
+
+
+def test_merge_refuses_parts_that_do_not_fit_together(setup, tmp_path):
+    parts = sample_chunks(setup, "multi_inference", tmp_path / "a")
+    out = tmp_path / "merged.npz"
+
+    def refused(given, culprit):
+        """The merge's message: '<culprit file>: <problem>'."""
+        with pytest.raises(InputError) as err:
+            merge_chunks(given, out)
+        assert str(err.value).startswith(f"{culprit}: "), str(err.value)
+        return str(err.value)
+
+    assert "missing" in refused([parts[0], parts[2]], parts[2])  # a gap: names the part after it
+    assert "missing" in refused(parts[:2], parts[1])  # the last chunk: names the last part given
+    assert "given twice" in refused([parts[0], parts[1], parts[1], parts[2]], parts[1])
+    # a part of another seed, another model, another chunk count
+    other_seed = sample_chunks(setup, "multi_inference", tmp_path / "b", seed=6, only=[1])
+    assert "seed" in refused([parts[0], other_seed[1], parts[2]], other_seed[1])
+    model2 = tmp_path / "model2.pt"
+    shutil.copy(setup[1], model2)
+    other_model = sample_chunks(setup, "multi_inference", tmp_path / "c", model=model2, only=[2])
+    assert "'model'" in refused([parts[0], parts[1], other_model[2]], other_model[2])
+    halves = sample_chunks(setup, "multi_inference", tmp_path / "d", chunks=2, only=[1])
+    assert "chunk count" in refused([parts[0], halves[1]], halves[1])
+    assert not out.exists()  # nothing written by a refused merge
+    # an unsplit generation file is not a chunk
+    merge_chunks(parts, out)
+    assert "not a sampling chunk" in refused([out], out)
+
+
+def test_workflow_plans_a_sampling_job_per_chunk_and_a_gather_per_run(tmp_path):
+    config = {**TINY, "diffusion": {"runs": ["ct/axial", "mri/all"], "model": TINY_MODEL},
+              "sampling": {"chunks": 3, "multimodal": ["ct>mri/all"]}}
+    planned = job_counts(snakemake(tmp_path / "plan", config, "-n"))
+    assert planned["sample_diffusion"] == 6 and planned["sample_multimodal"] == 3
+    assert planned["gather_samples"] == 2 and planned["gather_multimodal"] == 1 and planned["evaluate"] == 3
+    # --set-scatter overrides the config's count
+    planned = job_counts(snakemake(tmp_path / "plan", config, "-n", "--set-scatter", "sample=2"))
+    assert planned["sample_diffusion"] == 4 and planned["sample_multimodal"] == 2
+
+
+@pytest.mark.workflow
+def test_workflow_with_two_chunks_writes_the_files_of_one_job(tmp_path, monkeypatch):
+    """A real tiny run split in two (the data, a 2-step model, 2 sampling jobs, a gather) against
+    the unsplit library run on the same model and store."""
+    sampling = {"steps": 2, "k": 2, "batch_size": 4, "eta": 1.0, "multimodal": [], "chunks": 2}
+    config = {**TINY, "views": ["axial"], "phantom": {**TINY["phantom"], "n_mri": 0},
+              "diffusion": {"runs": ["ct/axial"], "model": TINY_MODEL,
+                            "scheduler": {"num_train_timesteps": 20, "prediction_type": "v_prediction"},
+                            "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}},
+              "sampling": sampling, "evaluation": {"max_slices": 10}}
+    run = tmp_path / "run"
+    samples = "results/samples/ct_axial"
+    proc = snakemake(run, config, f"{samples}/multi_inference.npz")
+    assert job_counts(proc)["sample_diffusion"] == 2 and job_counts(proc)["gather_samples"] == 1
+    assert not list((run / samples / "chunks").glob("*.npz"))  # the parts are temporary ...
+    again = snakemake(run, config, f"{samples}/multi_inference.npz", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr  # ... and their absence triggers nothing
+    logs = sorted(p.name for p in (run / "logs/diffusion").glob("sample_ct_axial_*.log"))
+    assert logs == ["sample_ct_axial_1-of-2.log", "sample_ct_axial_2-of-2.log"]
+    monkeypatch.chdir(run)  # the workflow's paths, as its jobs see them (info names the model file)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as the jobs ran (compute.sample_threads 2 by default, --cores 2)
+    try:
+        sample_run("results/models/diffusion/ct_axial.pt", ["results/slices/ct/axial/store"], "multi_inference",
+                   {"sampler": "ddim", **sampling}, 10, TINY["seed"], "auto", "amos15", "one/multi_inference.npz",
+                   "one/multi_inference.png", "auto", "one/reconstruction.npz", "one/reconstruction.png")
+    finally:
+        torch.set_num_threads(threads)
+    for name in FILES:
+        two, one = (read_generation(f"{folder}/{name}.npz") for folder in (samples, "one"))
+        assert len(one["case"]) == 10
+        assert_same_generation(two, one, merged_path=f"{samples}/multi_inference.npz", unsplit_path="one/multi_inference.npz")

@@ -1,0 +1,13 @@
+from segdiff.generation import sample_chunk
+from segdiff.runtime import run_script
+
+
+def main():
+    p = snakemake.params
+    # the scatter item "i-of-n" (Snakemake's scattergather; n follows --set-scatter sample=N too)
+    chunk, chunks = map(int, snakemake.wildcards.scatteritem.split("-of-"))
+    sample_chunk(snakemake.input.model, snakemake.input.stores, p.mode, p.sampling, p.max_slices, p.seed, p.device,
+                 snakemake.output.part, chunk - 1, chunks, p.precision)
+
+
+run_script(snakemake, main)
