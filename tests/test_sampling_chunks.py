@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from test_diffusion import SCHED, perturbed_model
 from test_workflow import TINY, TINY_MODEL, snakemake
 
@@ -182,35 +181,3 @@ def test_workflow_plans_a_sampling_job_per_chunk_and_a_gather_per_run(tmp_path):
     assert planned["sample_diffusion"] == 4 and planned["sample_multimodal"] == 2
 
 
-@pytest.mark.workflow
-def test_workflow_with_two_chunks_writes_the_files_of_one_job(tmp_path, monkeypatch):
-    """A real tiny run split in two (the data, a 2-step model, 2 sampling jobs, a gather) against
-    the unsplit library run on the same model and store."""
-    sampling = {"steps": 2, "k": 2, "batch_size": 4, "eta": 1.0, "multimodal": [], "chunks": 2}
-    config = {**TINY, "views": ["axial"], "phantom": {**TINY["phantom"], "n_mri": 0},
-              "diffusion": {"runs": ["ct/axial"], "model": TINY_MODEL,
-                            "scheduler": {"num_train_timesteps": 20, "prediction_type": "v_prediction"},
-                            "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}},
-              "sampling": sampling, "evaluation": {"max_slices": 10}}
-    run = tmp_path / "run"
-    samples = "results/samples/ct_axial"
-    proc = snakemake(run, config, f"{samples}/multi_inference.npz")
-    assert job_counts(proc)["sample_diffusion"] == 2 and job_counts(proc)["gather_samples"] == 1
-    assert not list((run / samples / "chunks").glob("*.npz"))  # the parts are temporary ...
-    again = snakemake(run, config, f"{samples}/multi_inference.npz", "-n")
-    assert "Nothing to be done" in again.stdout + again.stderr  # ... and their absence triggers nothing
-    logs = sorted(p.name for p in (run / "logs/diffusion").glob("sample_ct_axial_*.log"))
-    assert logs == ["sample_ct_axial_1-of-2.log", "sample_ct_axial_2-of-2.log"]
-    monkeypatch.chdir(run)  # the workflow's paths, as its jobs see them (info names the model file)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # as the jobs ran (compute.sample_threads 2 by default, --cores 2)
-    try:
-        sample_run("results/models/diffusion/ct_axial.pt", ["results/slices/ct/axial/store"], "multi_inference",
-                   {"sampler": "ddim", **sampling}, 10, TINY["seed"], "auto", "amos15", "one/multi_inference.npz",
-                   "one/multi_inference.png", "auto", "one/reconstruction.npz", "one/reconstruction.png")
-    finally:
-        torch.set_num_threads(threads)
-    for name in FILES:
-        two, one = (read_generation(f"{folder}/{name}.npz") for folder in (samples, "one"))
-        assert len(one["case"]) == 10
-        assert_same_generation(two, one, merged_path=f"{samples}/multi_inference.npz", unsplit_path="one/multi_inference.npz")

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -23,17 +24,19 @@ from test_workflow import TINY, TINY_MODEL, hermetic_env, snakemake
 
 from segdiff.checkpoints import CHECKPOINT_FORMAT, load_file
 from segdiff.diffusion import load_diffusion
+from segdiff.generation import read_generation, sample_run
 from segdiff.job_memory import train_mem_mb
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
-#: the tiny study at its smallest: one diffusion model (MRI axial), its reconstruction and
-#: multi-inference, CT->MRI, their evaluation and the table; every rule of the study runs
+#: the tiny study at its smallest: one diffusion model (MRI axial, the mask by addition), its
+#: reconstruction and multi-inference, CT->MRI, each sampled in 2 chunk jobs, their evaluation and
+#: the table; every rule of the study runs
 STUDY = {**TINY, "views": ["axial"],
-         "diffusion": {"runs": ["mri/axial"], "model": TINY_MODEL,
+         "diffusion": {"runs": ["mri/axial"], "model": TINY_MODEL, "conditioning": "add",
                        "scheduler": {"num_train_timesteps": 20},
                        "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}},
-         "sampling": {"steps": 3, "k": 2, "batch_size": 8, "multimodal": ["ct>mri/axial"]},
+         "sampling": {"steps": 3, "k": 2, "batch_size": 8, "multimodal": ["ct>mri/axial"], "chunks": 2},
          "evaluation": {"max_slices": 12}}
 #: one longer training for the kill cases: 3000 steps (~60-100 s on this machine's cores), a
 #: checkpoint every 50, so that a one-minute time limit falls inside it
@@ -47,7 +50,7 @@ DATA = [f"results/slices/{m}/axial/manifest.tsv" for m in ("ct", "mri")]
 @pytest.fixture(scope="module")
 def cluster():
     slurm = LoopbackSlurm().start()
-    print(f"loopback Slurm up in {slurm.setup_s:.1f} s")
+    print(f"loopback Slurm up in {slurm.setup_s:.2f} s")
     yield slurm
     slurm.stop()
 
@@ -100,7 +103,7 @@ def assert_ok(proc, cluster):
     assert proc.returncode == 0, f"{proc.stderr[-6000:]}\n{cluster.logs()}"
 
 
-def test_tiny_study_through_slurm_equals_local_run(cluster, tmp_path):
+def test_tiny_study_through_slurm_equals_local_run(cluster, tmp_path, monkeypatch):
     timed = {}
 
     def timed_run(name, call):
@@ -114,7 +117,7 @@ def test_tiny_study_through_slurm_equals_local_run(cluster, tmp_path):
     local, proc = runs["local"], runs["slurm"]
     assert_ok(proc, cluster)
     print(f"tiny study, side by side: local {timed['local']:.0f} s, Slurm {timed['slurm']:.0f} s; "
-          f"Slurm setup {cluster.setup_s:.1f} s")
+          f"Slurm setup {cluster.setup_s:.2f} s")
 
     # every job of the study was a Slurm job, and each one completed with exit code 0
     jobs = submitted(proc)
@@ -131,6 +134,28 @@ def test_tiny_study_through_slurm_equals_local_run(cluster, tmp_path):
     pd.testing.assert_frame_equal(table[0], table[1], check_exact=True)
     a, b = (load_diffusion(tmp_path / w / MODEL)[0].state_dict() for w in ("local", "slurm"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_diffusion(tmp_path / "slurm" / MODEL)[0].config.conditioning == "add"
+
+    # sampling ran as 2 Slurm jobs per run, merged: the files equal one unsplit job's
+    slurm_rules = [known[i]["Comment"].split("_wildcards")[0] for i in jobs.values()]
+    assert slurm_rules.count("rule_sample_diffusion") == slurm_rules.count("rule_sample_multimodal") == 2
+    monkeypatch.chdir(tmp_path / "slurm")  # the workflow's paths, as its jobs saw them (info names the model file)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as the jobs ran (compute.sample_threads 2 by default)
+    try:
+        used = read_generation("results/samples/mri_axial/multi_inference.npz")["info"]  # the sampler settings the jobs used
+        sample_run(MODEL, ["results/slices/mri/axial/store"], "multi_inference", {**used["sampler"], "k": used["k"]},
+                   STUDY["evaluation"]["max_slices"], STUDY["seed"], "auto", "amos15", "one/multi_inference.npz",
+                   "one/multi_inference.png", "auto", "one/reconstruction.npz", "one/reconstruction.png")
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("multi_inference", "reconstruction"):
+        two, one = (read_generation(f"{folder}/{name}.npz") for folder in ("results/samples/mri_axial", "one"))
+        info = [dict(two.pop("info")), dict(one.pop("info"))]
+        assert [i.pop("taken_from", None) for i in info] in ([None, None], ["results/samples/mri_axial/multi_inference.npz",
+                                                                            "one/multi_inference.npz"])
+        assert info[0] == info[1] and list(two) == list(one)
+        assert all(np.array_equal(two[key], one[key]) and two[key].dtype == one[key].dtype for key in two), name
 
 
 def _checkpoint_step(path: Path) -> int:
