@@ -217,7 +217,8 @@ def test_cancelled_or_timed_out_training_resumes_to_the_same_model(cluster, tmp_
         if name == "cancelled":
             assert attempts[0][0] == runs["cancel"]
         resumed = [_resumed_steps(workdir, i) for i, _ in attempts[1:]]
-        assert all(r and 0 < r[0] < steps for r in resumed), (name, resumed)  # each retry resumed, none restarted
+        # each retry resumed, none restarted (one killed after its last step, while ending, resumes at the end)
+        assert all(r and 0 < r[0] <= steps for r in resumed), (name, resumed)
         if name == "cancelled":
             assert resumed[0][0] >= steps // 2
         model = load_diffusion(workdir / MODEL)[0].state_dict()

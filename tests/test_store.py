@@ -1,6 +1,7 @@
 """The memory-mapped slice store and the step-indexed DataLoader: equal to the shards, O(batch)
 reads, and a kill-and-resume through worker processes that ends bit-identical."""
 
+import os
 import pickle
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import segdiff.training as training
+from segdiff.checkpoints import remove_finished
 from segdiff.dataset import stratified_subset
 from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
 from segdiff.errors import InputError
@@ -146,6 +148,33 @@ def test_kill_and_resume_from_the_store_with_workers_is_bit_identical(tmp_path, 
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in reference.history]
     for (name, a), (_, b) in zip(reference.ema.state_dict().items(), resumed.ema.state_dict().items()):
         assert torch.equal(a, b), name
+
+    # the final checkpoint stays: a job killed after its last step (while writing its files) ends at once
+    monkeypatch.setattr(training, "_after_step", kill_at_5)  # would fire if any step ran again
+    again = _fit(store, tmp_path / "killed.ckpt", LoaderSettings())
+    assert again.resumed_from == 6 and again.history == resumed.history
+    assert all(torch.equal(a, b) for a, b in zip(again.ema.state_dict().values(), resumed.ema.state_dict().values()))
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, monkeypatch, one_thread, caplog):
+    _, store_dir = make_subset(tmp_path)
+    store = SliceStore([store_dir], ["train", "val"])
+    _fit(store, tmp_path / "run.ckpt", LoaderSettings())  # 6 steps, lr 1e-3
+    settings = TrainSettings(steps=6, lr=5e-4, warmup_steps=2, checkpoint_every=2, seed=3, ema_decay=0.9)
+    result = fit_diffusion(store, DenoiserConfig(**TINY), SchedulerConfig(num_train_timesteps=50, prediction_type="sample"),
+                           settings, 4, tmp_path / "run.ckpt", torch.device("cpu"))
+    assert result.resumed_from == 0 and len(result.history) == 6
+    assert "written with other training settings" in caplog.text and "training afresh" in caplog.text
+
+
+def test_remove_finished_deletes_only_checkpoints_of_written_models(tmp_path):
+    done, pending = tmp_path / "done.ckpt", tmp_path / "pending.ckpt"
+    for path in (done, pending):
+        path.write_bytes(b"checkpoint")
+    os.utime(done, (1, 1))
+    (tmp_path / "done.pt").write_bytes(b"model")
+    assert remove_finished([(done, tmp_path / "done.pt"), (pending, tmp_path / "pending.pt")]) == [done]
+    assert not done.exists() and pending.exists()
 
 
 def test_a_failure_at_any_write_position_of_a_subset_leaves_nothing(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from segdiff.atomic import atomic_path
 from segdiff.errors import InputError
 
-__all__ = ["save_file", "load_file", "read_torch_file", "MODEL_FORMAT", "CHECKPOINT_FORMAT"]
+__all__ = ["save_file", "load_file", "read_torch_file", "remove_finished", "MODEL_FORMAT", "CHECKPOINT_FORMAT"]
 
 MODEL_FORMAT = "segdiff-model/1"
 CHECKPOINT_FORMAT = "segdiff-checkpoint/1"
@@ -52,3 +53,15 @@ def load_file(path: str | Path, fmt: str, kind: str, map_location: str | torch.d
     if payload.get("kind") != kind:
         raise InputError(path, f"holds a {payload.get('kind')!r} model, expected {kind!r}")
     return payload
+
+
+def remove_finished(pairs: Iterable[tuple[str | Path, str | Path]]) -> list[Path]:
+    """Delete each training checkpoint whose model file exists and is newer (the workflow's
+    ``onsuccess``); the removed paths. Checkpoints of models not (re)written yet stay for a resume."""
+    removed = []
+    for checkpoint, model in pairs:
+        checkpoint, model = Path(checkpoint), Path(model)
+        if checkpoint.is_file() and model.is_file() and model.stat().st_mtime >= checkpoint.stat().st_mtime:
+            checkpoint.unlink()
+            removed.append(checkpoint)
+    return removed

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,11 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def _resume_key(settings: TrainSettings) -> dict:
+    """What a checkpoint must have been trained with to be resumed (not how often it is saved or compiled)."""
+    return {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_every", "compile")}
+
+
 def _after_step(step: int) -> None:
     """Hook called after every completed step (tests use it to simulate a kill)."""
 
@@ -125,7 +130,10 @@ def train(
     """Train ``model`` for ``settings.steps`` steps, resuming from ``checkpoint`` when it exists.
 
     The checkpoint is written every ``checkpoint_every`` steps (atomically) and left in place at
-    the end; callers delete it once the final model file is safely written.
+    the end, so that a job killed after its last step (e.g. at its time limit, while writing its
+    files) resumes at ``steps`` and only writes them again; :func:`segdiff.checkpoints.remove_finished`
+    deletes it once the model file exists. A checkpoint written with other settings (steps, lr,
+    seed, ...) is not resumed: training starts afresh, with a warning.
 
     ``rank``: this process's place in a data-parallel job (default: :func:`~segdiff.distributed.current_rank`,
     the single process unless a process group is initialised); ``device`` is then its own device.
@@ -145,8 +153,12 @@ def train(
     generator.manual_seed(settings.seed)
     history: list[dict] = []
     step = 0
-    if rank.from_main(checkpoint.exists()):
-        state = load_file(checkpoint, CHECKPOINT_FORMAT, kind, map_location=device)
+    state = load_file(checkpoint, CHECKPOINT_FORMAT, kind, map_location=device) if rank.from_main(checkpoint.exists()) else None
+    if state is not None and state.get("settings") != _resume_key(settings):
+        log.warning("%s: %s was written with other training settings (%s, now %s): training afresh", desc, checkpoint,
+                    state.get("settings"), _resume_key(settings))
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -167,6 +179,7 @@ def train(
             save_file(checkpoint, {
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "generator": generator.get_state(), "history": history, "step": step,
+                "settings": _resume_key(settings),
             }, CHECKPOINT_FORMAT, kind)
         rank.barrier()  # no rank runs ahead of (or reads) a checkpoint being written
 

@@ -274,6 +274,12 @@ def generations_panel_inputs():
     return files
 
 
+def checkpoint_pairs():
+    """(training checkpoint, model file) of every model of the study."""
+    pairs = [(f"checkpoints/diffusion/{m}_{v}.ckpt", f"results/models/diffusion/{m}_{v}.pt") for m, v in MODEL_RUNS]
+    return pairs + [(f"checkpoints/segmentor/{m}.ckpt", f"results/models/segmentor/{m}.pt") for m in sorted({m for m, _ in MODEL_RUNS})]
+
+
 def loss_logs():
     return [f"results/models/diffusion/{m}_{v}_loss.csv" for m, v in MODEL_RUNS] + expand(
         "results/models/segmentor/{modality}_loss.csv", modality=sorted({m for m, _ in MODEL_RUNS})

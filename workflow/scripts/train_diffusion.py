@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
 from segdiff.distributed import is_main_process, job_world_size
 from segdiff.figures import loss_curve_figure
@@ -30,7 +28,6 @@ def main():
     save_diffusion(snakemake.output.model, result.ema, scheduler, meta)
     write_history(result.history, snakemake.output.loss)
     loss_curve_figure({f"{w.modality} {w.view}": snakemake.output.loss}, snakemake.output.figure, "diffusion training loss")
-    Path(p.checkpoint).unlink(missing_ok=True)  # the model file is safely written
 
 
 run_script(snakemake, main)

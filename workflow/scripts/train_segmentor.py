@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from segdiff.distributed import is_main_process, job_world_size
 from segdiff.labels import load_label_map
 from segdiff.loader import loader_settings
@@ -25,7 +23,6 @@ def main():
     save_segmentor(snakemake.output.model, result.ema, config,
                    {"modality": modality, "train_slices": len(slices), "splits": p.segmentor["splits"]})
     write_history(result.history, snakemake.output.loss)
-    Path(p.checkpoint).unlink(missing_ok=True)
 
 
 run_script(snakemake, main)
