@@ -15,7 +15,7 @@ from test_workflow import TINY, TINY_MODEL, snakemake
 
 from segdiff.diffusion import save_diffusion
 from segdiff.errors import InputError
-from segdiff.chunks import chunk_bounds
+from segdiff.chunks import chunk_bounds, scatter_item
 from segdiff.generation import (gather_run, merge_chunks, read_generation, sample_chunk, sample_run,
                                 subset_index)
 from segdiff.shards import build_manifest
@@ -128,6 +128,7 @@ def test_chunk_bounds_split_batch_blocks_like_array_split():
         assert all(start * k % batch == 0 for start, _ in bounds)  # every chunk starts on a batch of the unsplit run
     assert chunk_bounds(10, 4, 1, 1) == [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(10), 4)]
     assert chunk_bounds(1024, 8, 4, 64) == [(128 * i, 128 * (i + 1)) for i in range(8)]  # the AMOS config
+    assert scatter_item("2-of-8") == (2, 8)  # Snakemake's scatteritem wildcard
     assert chunk_bounds(32, 3, 4, 64) == [(0, 16), (16, 32), (32, 32)]  # fewer blocks than chunks: one empty part
     with pytest.raises(ValueError):
         chunk_bounds(5, 0, 1, 1)

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["chunk_bounds", "largest_chunk"]
+__all__ = ["chunk_bounds", "largest_chunk", "scatter_item"]
 
 
 def chunk_bounds(n: int, chunks: int, k: int, batch_size: int) -> list[tuple[int, int]]:
@@ -32,3 +32,9 @@ def chunk_bounds(n: int, chunks: int, k: int, batch_size: int) -> list[tuple[int
 def largest_chunk(n: int, chunks: int, k: int, batch_size: int) -> int:
     """Slices of the largest part (what one chunk job holds)."""
     return max(stop - start for start, stop in chunk_bounds(n, chunks, k, batch_size))
+
+
+def scatter_item(item: str) -> tuple[int, int]:
+    """Snakemake's scatter item ``"i-of-n"`` (wildcard ``scatteritem``) as ``(i, n)``, i from 1."""
+    chunk, chunks = map(int, item.split("-of-"))
+    return chunk, chunks

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from segdiff.casesheet import assign_splits, read_case_sheet, sheet_from_amos, validate_case_sheet
-from segdiff.chunks import largest_chunk
+from segdiff.chunks import largest_chunk, scatter_item
 from segdiff.config import parse_run, validate_config
 from segdiff.download import AMOS_FOLDER
 from segdiff.errors import ConfigError
@@ -160,9 +160,14 @@ def stores_of(modality, view):
     return expand("results/slices/{modality}/{view}/store", modality=modality, view=slice_views(view))
 
 
+def mask_modality(wildcards):
+    """The modality whose test masks a sampling job reads: ``source`` of a multi-modal run, else ``modality``."""
+    return wildcards.get("source", None) or wildcards.modality
+
+
 def run_stores(wildcards):
     """Slice stores a model job reads (wildcards modality or source, view)."""
-    return stores_of(wildcards.get("source", None) or wildcards.modality, wildcards.view)
+    return stores_of(mask_modality(wildcards), wildcards.view)
 
 
 COMPUTE = config["compute"]
@@ -208,8 +213,8 @@ def train_mem(net, batch_size):
 
 def sample_mem(wildcards):
     """A sampling job holds its chunk of the test subset (wildcard scatteritem i-of-n)."""
-    modality = wildcards.get("source", None) or wildcards.modality
-    chunks = int(wildcards.scatteritem.split("-of-")[1])
+    modality = mask_modality(wildcards)
+    chunks = scatter_item(wildcards.scatteritem)[1]
     n, k = largest_chunk(_test_slices(modality, wildcards.view), chunks, config["sampling"]["k"], config["sampling"]["batch_size"]), config["sampling"]["k"]
     return sample_mem_mb(COMPUTE["sample_mem_mb"], n, k, PRE["image_size"]) \
         + cpu_activations_mb(min(config["sampling"]["batch_size"], n * k), PRE["image_size"], CPU_CHANNELS["diffusion"], training=False)
@@ -220,7 +225,7 @@ GATHER_MEM_MB = 1000  # a gather job's process: numpy, torch imported, matplotli
 
 def gather_mem(wildcards):
     """A gather job holds the merged generations of the run (and one part while it copies it in)."""
-    modality = wildcards.get("source", None) or wildcards.modality
+    modality = mask_modality(wildcards)
     return sample_mem_mb(GATHER_MEM_MB, _test_slices(modality, wildcards.view), config["sampling"]["k"], PRE["image_size"])
 
 
