@@ -1,7 +1,10 @@
 """The AMOS configuration's training and sampling on phantom data at 256 px, through the real path.
 
 The last phantom case is held out: sampling draws k generations for its masks, and
-``sample_std_across_k`` (per-pixel std across the k, averaged) shows whether they differ.
+``sample_std_across_k`` (per-pixel std across the k, averaged) shows whether they differ. The
+phantom also renders k oracle "second scans" of that case (``segdiff.oracle``, sliced like the
+case), so ``diversity_ratio`` (``segdiff.metrics``, as the workflow's table) relates the k
+generations' spread inside the organs to the true spread of p(image | mask): 1 = as diverse, 0 = none.
 
 Phantom CT cases (AMOS22 layout, NIfTI) -> ``write_case_shards`` at ``preprocess.image_size`` ->
 ``write_subset`` (manifest + slice store) -> ``fit_diffusion`` with the config's model,
@@ -28,8 +31,11 @@ import yaml
 
 from segdiff.config import validate_config
 from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
+from segdiff.figures import oracle_vs_generated_figure
 from segdiff.labels import load_label_map
 from segdiff.loader import loader_settings
+from segdiff.metrics import diversity, diversity_ratio
+from segdiff.oracle import gather_oracle, render_oracle, write_oracle
 from segdiff.phantom import write_phantom_dataset
 from segdiff.sampling import SamplerSettings, generate, sample_seed
 from segdiff.shards import write_case_shards
@@ -38,24 +44,46 @@ from segdiff.training import TrainSettings, pick_device, use_bf16
 from segdiff.volumes import load_case
 
 REPO = Path(__file__).resolve().parents[1]
+PHANTOM = {"shape": (96, 80, 48), "spacing": (4.0, 4.0, 6.0)}
+MIN_FOREGROUND = 16
 
 
-def phantom_store(work: Path, cfg: dict, n_cases: int) -> Path:
-    """Phantom CT cases sliced axially at the config's image size into a store; returns its folder."""
+def phantom_store(work: Path, cfg: dict, n_cases: int) -> tuple[Path, list[dict]]:
+    """Phantom CT cases sliced axially at the config's image size into a store; returns its folder and the cases."""
     pre, labels = cfg["preprocess"], load_label_map(cfg["dataset"]["labels"])
-    cases = write_phantom_dataset(work / "phantom", n_cases, 0, (96, 80, 48), (4.0, 4.0, 6.0), cfg["seed"], 0.0)
+    cases = write_phantom_dataset(work / "phantom", n_cases, 0, PHANTOM["shape"], PHANTOM["spacing"], cfg["seed"], 0.0)
     shards = []
     for c in cases:
         shard = work / "slices/ct/axial" / f"{c['case']}.npz"
         volume = load_case(work / "phantom" / c["image"], work / "phantom" / c["label"], labels)
         write_case_shards(volume, "ct", {"axial": shard}, {"axial": work / "previews" / c["case"]},
-                          image_size=pre["image_size"], min_foreground=16, ct_window=pre["ct_window"],
+                          image_size=pre["image_size"], min_foreground=MIN_FOREGROUND, ct_window=pre["ct_window"],
                           mri_percentiles=pre["mri_percentiles"], previews_per_case=0)
         shards.append(shard)
     splits = ["train"] * (len(cases) - 1) + ["test"]  # the last case's masks are held out for sampling
     rows = pd.DataFrame({"case": [c["case"] for c in cases], "modality": "ct", "split": splits})
     write_subset(rows, shards, "axial", work / "slices/ct/axial/manifest.tsv", work / "slices/ct/axial/store")
-    return work / "slices/ct/axial/store"
+    return work / "slices/ct/axial/store", cases
+
+
+def oracle_figures(work: Path, cfg: dict, case: dict, test, images: np.ndarray, figure: Path | None) -> dict:
+    """Diversity of the k generations per held-out mask, and that of k oracle renders of the same slices (and
+    their picture side by side in ``figure``)."""
+    pre, k = cfg["preprocess"], cfg["sampling"]["k"]
+    renders = render_oracle(case["case"], "ct", work / "phantom" / case["label"], PHANTOM, cfg["seed"], k,
+                            load_label_map(cfg["dataset"]["labels"]), ["axial"], image_size=pre["image_size"],
+                            min_foreground=MIN_FOREGROUND, ct_window=pre["ct_window"], mri_percentiles=pre["mri_percentiles"])
+    path = work / "oracle/axial" / f"{case['case']}.npz"
+    write_oracle(renders, {"axial": path})
+    oracle = gather_oracle([path], test.case, test.view, test.slice, mask=test.mask)  # checks the masks match
+    generated = images.reshape(len(test), k, *images.shape[1:])
+    div, div_oracle = diversity(generated, test.mask), diversity(oracle, test.mask)
+    if figure:
+        oracle_vs_generated_figure(oracle, generated, test.mask, load_label_map(cfg["dataset"]["labels"]), figure,
+                                   f"AMOS config ({cfg['diffusion']['scheduler']['prediction_type']}) on the phantom, 256 px")
+    return dict(diversity_inside=round(div["inside"], 4), diversity_outside=round(div["outside"], 4),
+                oracle_diversity_inside=round(div_oracle["inside"], 4), oracle_diversity_outside=round(div_oracle["outside"], 4),
+                diversity_ratio=round(diversity_ratio(generated, oracle, test.mask), 4))
 
 
 def main(argv=None):
@@ -66,20 +94,30 @@ def main(argv=None):
     ap.add_argument("--sample-masks", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--figure", type=Path, help="PNG of oracle renders vs generations of the held-out masks")
+    ap.add_argument("--ema-decay", type=float, default=None,
+                    help="EMA decay of the sampled model; default min(config's, 1 - 10 / steps): the config's 0.9999 "
+                         "averages over ~10k steps, so after a short run its EMA is mostly the initial weights")
     args = ap.parse_args(argv)
     cfg = validate_config(yaml.safe_load(args.config.read_text()), REPO / "config/schemas/config.schema.yaml")
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     labels = load_label_map(cfg["dataset"]["labels"])
-    figures: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "config": str(args.config)}
+    figures: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "config": str(args.config),
+                     "prediction_type": cfg["diffusion"]["scheduler"]["prediction_type"]}
+
+    def dump():  # after training too, so that a run cut short during sampling still reports its training
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        folder = phantom_store(work, cfg, args.cases)
+        folder, cases = phantom_store(work, cfg, args.cases)
         store = SliceStore([folder], ["train"])
         figures.update(train_slices=len(store), image_size=store.shape[0], data_s=round(time.perf_counter() - t0, 1))
         dcfg = cfg["diffusion"]
-        train = dict(dcfg["train"], steps=args.steps, checkpoint_every=10**9)
+        ema_decay = args.ema_decay if args.ema_decay is not None else min(dcfg["train"]["ema_decay"], max(0.0, 1 - 10 / args.steps))
+        train = dict(dcfg["train"], steps=args.steps, checkpoint_every=10**9, ema_decay=ema_decay)
         batch_size = train.pop("batch_size")
         denoiser = DenoiserConfig(num_classes=labels.max_id + 1, conditioning=dcfg["conditioning"], **dcfg["model"])
         scheduler = SchedulerConfig(**dcfg["scheduler"])
@@ -94,7 +132,7 @@ def main(argv=None):
         history = pd.DataFrame(result.history)
         steady = history["images_per_s"].iloc[len(history) // 3 :]  # after compilation and warm-up
         figures.update(
-            train_steps=args.steps, batch_size=batch_size, loader_workers=loader.workers, compile=settings.compile,
+            train_steps=args.steps, ema_decay=ema_decay, batch_size=batch_size, loader_workers=loader.workers, compile=settings.compile,
             bf16=settings.bf16, train_wall_s=round(wall, 1), train_images_per_s_median=round(float(steady.median()), 1),
             train_images_per_s_overall=round(args.steps * batch_size / wall, 1),
             first_step_s=round(float(batch_size / history["images_per_s"].iloc[0]), 1),
@@ -102,6 +140,7 @@ def main(argv=None):
             peak_gpu_memory_train_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
             params_M=round(sum(p.numel() for p in result.ema.parameters()) / 1e6, 2),
         )
+        dump()
         s = cfg["sampling"]
         sampler = SamplerSettings(sampler=s["sampler"], steps=s["steps"], eta=s["eta"], batch_size=s["batch_size"],
                                   bf16=settings.bf16)
@@ -121,9 +160,9 @@ def main(argv=None):
                        sample_images_per_s=round(len(masks) / seconds, 2),
                        peak_gpu_memory_sample_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                        sample_std_across_k=round(float(images.reshape(-1, s["k"], *images.shape[1:]).std(axis=1).mean()), 4))
+        figures.update(oracle_figures(work, cfg, cases[-1], test, images, args.figure))
     print(json.dumps(figures, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    dump()
     return figures
 
 

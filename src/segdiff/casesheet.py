@@ -1,8 +1,8 @@
 """The case sheet: how every dataset reaches the pipeline.
 
 A TSV with one row per volume and columns ``case``, ``modality`` (``ct`` | ``mri``), ``image``,
-``label`` (paths to .nii/.nii.gz; relative paths resolve against the sheet's folder) and an
-optional ``split`` (``train`` | ``val`` | ``test``). Empty splits are filled by a seeded,
+``label`` (paths to .nii/.nii.gz; relative paths resolve against the sheet's folder; the label may be
+empty, or the column absent, when the masks come from a segmentation model) and an optional ``split`` (``train`` | ``val`` | ``test``). Empty splits are filled by a seeded,
 case-level split per modality (:func:`assign_splits`). Rows are validated against
 ``config/schemas/cases.schema.yaml``.
 """
@@ -27,24 +27,31 @@ SPLITS = ("train", "val", "test")
 SHEET_COLUMNS = ["case", "modality", "image", "label", "split"]
 
 
-def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: str | Path, check_files: bool = True) -> pd.DataFrame:
+def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: str | Path, check_files: bool = True,
+                        labels_required: bool = True) -> pd.DataFrame:
     """Validate rows against the schema, unique case ids and (optionally) that every file exists.
 
-    Returns the sheet with a ``split`` column ("" where unset). Every problem raises an
-    :class:`InputError` naming ``source``, the row and the column.
+    ``labels_required=False`` (masks from a segmentation model): the ``label`` column may be empty or
+    absent and is not checked. Returns the sheet with ``split`` and ``label`` columns ("" where unset).
+    Every problem raises an :class:`InputError` naming ``source``, the row and the column.
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     sheet = sheet.copy()
-    if "split" not in sheet.columns:
-        sheet["split"] = ""
+    for column in ("split", "label"):
+        if column not in sheet.columns:
+            sheet[column] = ""
+    columns = ("image", "label") if labels_required else ("image",)
     for i, row in enumerate(sheet.to_dict("records"), start=2):  # row 1 is the header
         error = jsonschema.exceptions.best_match(validator.iter_errors(row))
         if error is not None:
             column = error.path[0] if error.path else error.validator_value if error.validator == "required" else ""
             raise InputError(source, f"row {i} (case {row.get('case', '?')!r}), column {column!r}: {error.message}")
+        if labels_required and not row["label"]:
+            raise InputError(source, f"row {i} (case {row['case']!r}), column 'label': empty (a label volume is needed "
+                             "unless dataset.mask_source is totalvibe)")
         if check_files:
-            for column in ("image", "label"):
+            for column in columns:
                 if not Path(row[column]).is_file():
                     raise InputError(source, f"row {i} (case {row['case']!r}), column {column!r}: file not found: {row[column]}")
     duplicated = sheet["case"][sheet["case"].duplicated()]
@@ -53,7 +60,7 @@ def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: st
     return sheet
 
 
-def read_case_sheet(path: str | Path, schema_path: str | Path, check_files: bool = True) -> pd.DataFrame:
+def read_case_sheet(path: str | Path, schema_path: str | Path, check_files: bool = True, labels_required: bool = True) -> pd.DataFrame:
     """Read and validate a case sheet; image/label paths come back absolute."""
     path = Path(path)
     if not path.is_file():
@@ -65,7 +72,7 @@ def read_case_sheet(path: str | Path, schema_path: str | Path, check_files: bool
     for column in ("image", "label"):
         if column in sheet.columns:
             sheet[column] = [str((path.parent / p).resolve()) if p else p for p in sheet[column]]
-    return validate_case_sheet(sheet, schema_path, path, check_files)
+    return validate_case_sheet(sheet, schema_path, path, check_files, labels_required)
 
 
 def _split_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:

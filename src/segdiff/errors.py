@@ -31,3 +31,10 @@ class ConfigError(SegdiffError):
         self.key = key
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}")
+
+
+class WeightsUnavailable(SegdiffError):
+    """Pretrained weights are missing or could not be fetched.
+
+    The message says where they were looked for and how to provide them.
+    """

@@ -289,8 +289,11 @@ def oracle_vs_generated_figure(oracle: np.ndarray, generated: np.ndarray, mask: 
 
 
 def dice_per_organ_figure(metrics: list[dict], out: str | Path) -> None:
-    """Per-organ Dice of the segmentor on original vs generated slices, one panel per run."""
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.4 * len(metrics)), squeeze=False, layout="constrained")
+    """Per-organ Dice of the segmentor on original vs generated slices, one panel per run (the width grows with
+    the organs, so 71 TotalVibeSegmentator structures keep readable names)."""
+    organs_max = max((len(run["per_organ"]) for run in metrics), default=0)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(8, 0.18 * organs_max), 2.4 * len(metrics)), squeeze=False,
+                             layout="constrained")
     for ax, run in zip(axes[:, 0], metrics):
         organs = list(run["per_organ"])
         x = np.arange(len(organs))

@@ -32,7 +32,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -41,6 +40,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from scipy.ndimage import gaussian_filter
 
 from segdiff.atomic import atomic_path
+from segdiff.labels import load_label_map
 
 __all__ = [
     "CT_OFFSET",
@@ -144,13 +144,7 @@ _MRI_EXCLUDED = ("bladder", "prostate/uterus")
 
 @lru_cache(maxsize=1)
 def _labels_table() -> tuple[tuple[int, str], ...]:
-    text = resources.files("segdiff").joinpath("resources/labels/amos15.tsv").read_text(encoding="utf-8")
-    rows = []
-    for line in text.splitlines()[1:]:
-        if line.strip():
-            ident, name = line.split("\t")[:2]
-            rows.append((int(ident), name.strip()))
-    return tuple(rows)
+    return tuple(load_label_map("amos15").names.items())
 
 
 def amos_labels() -> dict[int, str]:

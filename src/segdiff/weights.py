@@ -36,7 +36,7 @@ from torchvision.models import Inception_V3_Weights
 
 from segdiff.atomic import atomic_path
 from segdiff.checkpoints import read_torch_file
-from segdiff.errors import InputError, SegdiffError
+from segdiff.errors import InputError, WeightsUnavailable
 
 __all__ = [
     "WeightsUnavailable",
@@ -53,13 +53,6 @@ __all__ = [
 
 FETCH_COMMAND = "python -m segdiff.weights fetch"
 """Command line that downloads a known weight set (followed by its key and ``--dest PATH``)."""
-
-
-class WeightsUnavailable(SegdiffError):
-    """A weights file is missing or could not be fetched.
-
-    The message says where the file was looked for and how to provide it.
-    """
 
 
 def url_file_name(url: str) -> str:

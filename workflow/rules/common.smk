@@ -13,6 +13,7 @@ from segdiff.labels import load_label_map, load_remap
 from segdiff.phantom import phantom_cases
 from segdiff.job_memory import cpu_activations_mb, evaluate_mem_mb, sample_mem_mb, slices_bound, train_mem_mb
 from segdiff.tables import run_label
+from segdiff.totalvibe import find_model as find_totalvibe_model
 
 REPO = Path(workflow.basedir)
 validate_config(config, REPO / "config/schemas/config.schema.yaml")
@@ -52,11 +53,13 @@ def _case_sheet() -> pd.DataFrame | None:
         ]
         sheet = validate_case_sheet(pd.DataFrame(rows), schema, "phantom plan", check_files=False)
     elif data["source"] == "sheet":
-        sheet = read_case_sheet(data["sheet"], schema)
+        sheet = read_case_sheet(data["sheet"], schema, labels_required=not TOTALVIBE)
     elif not Path(AMOS_ROOT, "dataset.json").is_file():
         return None
     else:
         sheet = validate_case_sheet(sheet_from_amos(AMOS_ROOT), schema, f"{AMOS_ROOT}/dataset.json")
+    if TOTALVIBE:
+        sheet["label"] = [TOTALVIBE_MASK.format(case=case) for case in sheet["case"]]
     return assign_splits(sheet, data["split"], config["seed"]).set_index("case", drop=False)
 
 
@@ -64,6 +67,12 @@ def _case_sheet() -> pd.DataFrame | None:
 LABELS = load_label_map(config["dataset"]["labels"])
 if config["dataset"]["remap"]:
     load_remap(config["dataset"]["remap"], LABELS)
+
+#: dataset.mask_source totalvibe: TotalVibeSegmentator's labels of every image replace the sheet's label column
+TOTALVIBE = config["dataset"]["mask_source"] == "totalvibe"
+TOTALVIBE_MASK = "results/masks/totalvibe/{case}.nii.gz"
+if TOTALVIBE:
+    find_totalvibe_model()  # weights are never downloaded at run time: no model, no job (one line naming the variable)
 
 CASES = _case_sheet()
 # AMOS22 holds both (ids < 500 are CT, the rest MRI): known before the download
@@ -245,7 +254,8 @@ EVALUATION_RUNS = _evaluation_runs()
 RUN_LABELS = {run: run_label(m, v, s) for run, (s, m, v) in EVALUATION_RUNS.items()}
 
 
-ORACLE = config["dataset"]["source"] == "phantom"  # only the phantom can re-render an anatomy
+# only the phantom can re-render an anatomy, and only its own labels describe that anatomy
+ORACLE = config["dataset"]["source"] == "phantom" and not TOTALVIBE
 
 
 def oracle_files(source, modality, view):

@@ -58,6 +58,31 @@ rule cases:
         "../scripts/cases.py"
 
 
+rule totalvibe_mask:
+    # dataset.mask_source totalvibe: TotalVibeSegmentator's labels of one image volume, on its grid (they
+    # replace the sheet's label column; weights checked before any job, see common.smk)
+    input:
+        image=lambda w: case_table().loc[w.case, "image"],
+    output:
+        TOTALVIBE_MASK,
+    params:
+        device=config["compute"]["device"],
+    log:
+        "logs/masks/totalvibe/{case}.log",
+    benchmark:
+        "benchmarks/masks/totalvibe/{case}.tsv"
+    threads: config["compute"]["sample_threads"]
+    priority: 20
+    resources:
+        mem_mb=config["compute"]["mask_mem_mb"],
+        runtime=60,
+        gpu=JOB_GPUS,
+    conda:
+        "../../envs/totalvibe.yaml"
+    script:
+        "../scripts/totalvibe_mask.py"
+
+
 rule slice_case:
     input:
         unpack(case_input),
