@@ -55,6 +55,20 @@ def test_missing_column_and_duplicate_case(tmp_path):
         read_case_sheet(write_sheet(tmp_path, dup), CASES_SCHEMA)
 
 
+def test_labels_may_be_left_out_only_when_a_model_makes_the_masks(tmp_path):
+    path = tmp_path / "cases.tsv"
+    (tmp_path / "a.nii.gz").touch()
+    pd.DataFrame([{"case": "a", "modality": "mri", "image": "a.nii.gz"}]).to_csv(path, sep="\t", index=False)
+    with pytest.raises(InputError, match=r"row 2 \(case 'a'\), column 'label': empty \(a label volume is needed unless "
+                                         r"dataset.mask_source is totalvibe\)"):
+        read_case_sheet(path, CASES_SCHEMA)
+    sheet = read_case_sheet(path, CASES_SCHEMA, labels_required=False)
+    assert sheet["label"].tolist() == [""] and sheet["image"].tolist() == [str(tmp_path / "a.nii.gz")]
+    missing = write_sheet(tmp_path, rows(1), touch=False)
+    (tmp_path / "ct0_img.nii.gz").touch()  # the label file is absent: not looked at
+    assert len(read_case_sheet(missing, CASES_SCHEMA, labels_required=False)) == 1
+
+
 def test_bad_split_value(tmp_path):
     with pytest.raises(InputError, match="column 'split': 'training' is not one of"):
         read_case_sheet(write_sheet(tmp_path, rows(1, split="training")), CASES_SCHEMA)

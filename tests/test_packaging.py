@@ -34,9 +34,18 @@ def test_conda_env_pins_agree_with_pyproject():
         assert found[conda_name] == spec.replace(" ", ""), f"{name}: pyproject '{spec}' vs env '{found[conda_name]}'"
 
 
+def test_totalvibe_env_pins_agree_with_the_extra():
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["totalvibe"]
+    env = yaml.safe_load((REPO / "envs/totalvibe.yaml").read_text())
+    pip = pins(next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d))
+    assert pins(extra) == {name: spec for name, spec in pip.items() if name != "-e"}
+
+
 def test_builtin_tables_are_package_data():
     from importlib import resources
 
     root = resources.files("segdiff") / "resources"
-    assert (root / "labels/amos15.tsv").is_file()
-    assert (root / "remaps/totalsegmentator_to_amos.tsv").is_file()
+    for table in ("labels/amos15.tsv", "labels/totalvibe.tsv", "remaps/totalsegmentator_to_amos.tsv",
+                  "remaps/totalvibe_to_amos.tsv"):
+        assert (root / table).is_file(), table
+        assert (root / table).read_text().startswith("# "), f"{table}: its header comment cites the source"
