@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from amos_fixture import serve
 from nnunet_model import write_tiny_totalvibe_model
 from test_workflow import TINY_MODEL, snakemake
 
@@ -19,7 +21,7 @@ from segdiff.labels import load_label_map, load_remap
 from segdiff.phantom import write_phantom_dataset
 from segdiff.segmentor import load_segmentor
 from segdiff.shards import read_shard
-from segdiff.totalvibe import WEIGHTS_ENV, find_model, label_disagreements, model_labels, segment_volume
+from segdiff.totalvibe import DATASET_ID, FETCH_HINT, WEIGHTS_ENV, find_model, label_disagreements, model_labels, segment_volume
 
 TOTALVIBE = load_label_map("totalvibe")
 AMOS = load_label_map("amos15")
@@ -89,6 +91,28 @@ def test_weights_found_in_either_layout(tiny_model, monkeypatch):
     monkeypatch.delenv(WEIGHTS_ENV)
     monkeypatch.setenv("VIBESEG_WEIGHTS_PATH", str(root / "nnUNet_results"))
     assert find_model() == model
+
+
+def test_the_fetch_command_of_the_message_gives_weights_find_model_finds(tiny_model, tmp_path, monkeypatch):
+    """FETCH_HINT's command (TPTBox's release download of dataset 100) against a loopback copy of the release."""
+    from TPTBox.segmentation.VibeSeg import auto_download
+
+    _, model = tiny_model
+    release = tmp_path / "release"
+    release.mkdir()
+    with zipfile.ZipFile(release / "100.zip", "w") as archive:  # the release zip holds the trainer folder
+        for path in model.rglob("*"):
+            archive.write(path, path.relative_to(model.parent))
+    dest = tmp_path / "weights"
+    monkeypatch.setenv("VIBESEG_WEIGHTS_PATH", str(dest))
+    with serve(release) as server:
+        monkeypatch.setattr(auto_download, "WEIGHTS_URL_", server.base_url + "/")
+        auto_download.download_weights(DATASET_ID)
+    monkeypatch.delenv("VIBESEG_WEIGHTS_PATH")
+    monkeypatch.setenv(WEIGHTS_ENV, str(dest))  # "then export TOTALVIBE_WEIGHTS_PATH=DIR"
+    found = find_model()
+    assert found.parent == dest / f"Dataset{DATASET_ID}" and model_labels(found) == model_labels(model)
+    assert "download_weights(100)" in FETCH_HINT and "VIBESEG_WEIGHTS_PATH=DIR" in FETCH_HINT
 
 
 def test_label_disagreements_name_the_id(tiny_model, tmp_path):

@@ -292,8 +292,9 @@ def dice_per_organ_figure(metrics: list[dict], out: str | Path) -> None:
     """Per-organ Dice of the segmentor on original vs generated slices, one panel per run (the width grows with
     the organs, so 71 TotalVibeSegmentator structures keep readable names)."""
     organs_max = max((len(run["per_organ"]) for run in metrics), default=0)
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(8, 0.18 * organs_max), 2.4 * len(metrics)), squeeze=False,
-                             layout="constrained")
+    upright = organs_max > 20  # TotalVibeSegmentator's structures: upright names, one per bar, and room for them
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(8, 0.18 * organs_max), (4.0 if upright else 2.4) * len(metrics)),
+                             squeeze=False, layout="constrained")
     for ax, run in zip(axes[:, 0], metrics):
         organs = list(run["per_organ"])
         x = np.arange(len(organs))
@@ -301,11 +302,15 @@ def dice_per_organ_figure(metrics: list[dict], out: str | Path) -> None:
         gen = [run["per_organ"][o]["dice_gen"] or 0.0 for o in organs]
         ax.bar(x - 0.2, orig, 0.4, label="original (upper bound)", color="0.6")
         ax.bar(x + 0.2, gen, 0.4, label="generated", color="tab:blue")
-        ax.set_xticks(x, organs, rotation=35, ha="right", fontsize=7)
+        if upright:
+            ax.set_xticks(x, organs, rotation=90, ha="center", fontsize=7)
+        else:
+            ax.set_xticks(x, organs, rotation=35, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(organs) - 0.4)
         ax.set_ylim(0, 1)
         ax.set_ylabel("Dice")
         ax.set_title(run["label"], fontsize=9)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[0, 0].legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, frameon=False)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
