@@ -79,7 +79,7 @@ def test_missing_weights_is_one_line_naming_the_variable(tmp_path, monkeypatch):
     assert f"set {WEIGHTS_ENV}" in message and "download_weights(100)" in message
     monkeypatch.delenv(WEIGHTS_ENV)
     monkeypatch.setenv("VIBESEG_WEIGHTS_PATH", str(tmp_path))  # TPTBox's own cache variable, empty
-    with pytest.raises(WeightsUnavailable, match=f"TPTBox's cache VIBESEG_WEIGHTS_PATH = {tmp_path}.*set {WEIGHTS_ENV}"):
+    with pytest.raises(WeightsUnavailable, match=f"set {WEIGHTS_ENV} .*looked in: TPTBox's cache VIBESEG_WEIGHTS_PATH = {tmp_path}"):
         find_model()
 
 

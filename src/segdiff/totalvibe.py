@@ -92,9 +92,9 @@ def find_model(dataset_id: int = DATASET_ID) -> Path:
             return models[0]
     looked = "; ".join(f"{what} = {root}" for what, root in roots) or "TPTBox is not installed (pip install -e '.[totalvibe]')"
     raise WeightsUnavailable(
-        f"TotalVibeSegmentator weights not found (no Dataset{dataset_id:03d}*/<trainer>__nnUNetPlans*/ with plans.json, "
-        f"dataset.json and fold_*/checkpoint_final.pth; looked in: {looked}): set {WEIGHTS_ENV} to the folder that "
-        f"holds them; {FETCH_HINT}")
+        f"TotalVibeSegmentator weights not found: set {WEIGHTS_ENV} to the folder that holds them (Dataset{dataset_id:03d}*/"
+        f"<trainer>__nnUNetPlans*/ with plans.json, dataset.json and fold_*/checkpoint_final.pth; looked in: {looked}); "
+        f"{FETCH_HINT}")
 
 
 def model_labels(model: Path) -> dict[int, str]:
