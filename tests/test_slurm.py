@@ -172,7 +172,8 @@ def _training_jobs(cluster) -> dict[str, str]:
 
 def _resumed_steps(workdir: Path, slurm_id: str) -> list[int]:
     log = workdir / ".snakemake/slurm_logs/rule_train_diffusion/mri_axial" / f"{slurm_id}.log"
-    return [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", log.read_text())]
+    # a job killed at its time limit can end its log in the middle of a progress bar's multi-byte character
+    return [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", log.read_text(errors="replace"))]
 
 
 def test_cancelled_or_timed_out_training_resumes_to_the_same_model(cluster, tmp_path):
