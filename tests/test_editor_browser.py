@@ -32,14 +32,22 @@ SCREENSHOT = REPO / "logs/editor_screenshot.png"
 WAIT_S = 60
 
 
-def _browser_paths() -> tuple[Path, Path]:
+def _browser_paths() -> tuple[Path, Path, str]:
+    """Chromium and chromedriver, and what is missing of them ("" if nothing)."""
     chromium = CHROMIUM if CHROMIUM.exists() else Path(shutil.which("chromium") or CHROMIUM)
     driver = CHROMEDRIVER if CHROMEDRIVER.exists() else Path(shutil.which("chromedriver") or CHROMEDRIVER)
     missing = [str(p) for p in (chromium, driver) if not p.exists()]
-    if missing:
-        pytest.fail(f"the browser test needs Chromium and its WebDriver, missing: {', '.join(missing)}; install them with "
-                    "`apt-get install chromium chromium-driver` (Debian; .ci/run does this)", pytrace=False)
-    return chromium, driver
+    if not missing:
+        return chromium, driver, ""
+    return chromium, driver, (f"the browser test needs Chromium and its WebDriver, missing: {', '.join(missing)}; install "
+                              "them with `apt-get install chromium chromium-driver` (Debian; .ci/run does this)")
+
+
+def _require(browser):
+    """The WebDriver, or the test fails (not an error in a fixture, never a skip) naming the packages to install."""
+    if isinstance(browser, str):
+        pytest.fail(browser, pytrace=False)
+    return browser
 
 
 def _free_port() -> int:
@@ -84,7 +92,10 @@ def downloads(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(downloads):
-    chromium, driver_path = _browser_paths()
+    chromium, driver_path, missing = _browser_paths()
+    if missing:
+        yield missing
+        return
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -136,7 +147,7 @@ def test_paint_delete_generate_sends_the_exact_label_map(server, browser, downlo
     from selenium.webdriver.support.ui import Select
 
     app, url = server
-    driver = browser
+    driver = _require(browser)
     driver.get(url)
     _wait(driver, lambda d: d.execute_script("return !!(window.segdiffEditor && window.segdiffEditor.ready)"),
           "the page to load its config and first mask")
@@ -210,3 +221,129 @@ def test_paint_delete_generate_sends_the_exact_label_map(server, browser, downlo
     assert driver.find_element(By.ID, "progress").get_attribute("value") == driver.find_element(By.ID, "progress").get_attribute("max")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(SCREENSHOT))
+
+
+def _translated(mask: np.ndarray, label: int, dy: int, dx: int) -> np.ndarray:
+    """The editor's move: ``label`` shifted by (dy, dx); vacated pixels 0, pixels outside dropped, overwrites."""
+    out = np.where(mask == label, 0, mask).astype(np.uint8)
+    ys, xs = np.nonzero(mask == label)
+    keep = (ys + dy >= 0) & (ys + dy < mask.shape[0]) & (xs + dx >= 0) & (xs + dx < mask.shape[1])
+    out[ys[keep] + dy, xs[keep] + dx] = label
+    return out
+
+
+def _scaled(mask: np.ndarray, label: int, f: float) -> np.ndarray:
+    """The editor's scale: nearest neighbour about the centroid of the pixel centres (inverse mapping)."""
+    ys, xs = np.nonzero(mask == label)
+    cy, cx = float(np.sum(ys + 0.5)) / len(ys), float(np.sum(xs + 0.5)) / len(xs)
+    out = np.where(mask == label, 0, mask).astype(np.uint8)
+    ty, tx = np.meshgrid(np.arange(mask.shape[0]), np.arange(mask.shape[1]), indexing="ij")
+    sy, sx = np.floor(cy + (ty + 0.5 - cy) / f).astype(int), np.floor(cx + (tx + 0.5 - cx) / f).astype(int)
+    ok = (sy >= 0) & (sy < mask.shape[0]) & (sx >= 0) & (sx < mask.shape[1])
+    hit = np.zeros_like(ok)
+    hit[ok] = mask[sy[ok], sx[ok]] == label
+    out[hit] = label
+    return out
+
+
+def test_move_scale_erase_undo_and_upload(server, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    app, url = server
+    driver = _require(browser)
+    driver.get(url)
+    _wait(driver, lambda d: d.execute_script("return !!(window.segdiffEditor && window.segdiffEditor.ready)"),
+          "the page to load its config and first mask")
+    index = _most_organs(url)
+    box = driver.find_element(By.ID, "test-index")
+    box.clear()
+    box.send_keys(str(index), Keys.ENTER)
+    _wait(driver, lambda d: d.find_element(By.ID, "mask-info").text.startswith(f"test mask {index}:"), f"test mask {index}")
+
+    def mask() -> np.ndarray:
+        return _mask(driver.execute_script("return window.segdiffEditor.getMask()"))
+
+    def set_value(field: str, value) -> None:
+        box = driver.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(str(value))
+
+    initial = mask()
+    h, w = initial.shape
+    organs = sorted(set(np.unique(initial).tolist()) - {0}, key=lambda i: -int((initial == i).sum()))
+    organ = organs[0]
+    Select(driver.find_element(By.ID, "label")).select_by_value(str(organ))
+
+    set_value("move-dy", 3)
+    set_value("move-dx", -2)
+    driver.find_element(By.ID, "move-organ").click()
+    expected = _translated(initial, organ, 3, -2)
+    assert not np.array_equal(expected, initial)
+    np.testing.assert_array_equal(mask(), expected)
+
+    set_value("scale-factor", 1.5)
+    driver.find_element(By.ID, "scale-organ").click()
+    before, expected = expected, _scaled(expected, organ, 1.5)
+    assert (expected == organ).sum() > (before == organ).sum()
+    np.testing.assert_array_equal(mask(), expected)
+    set_value("scale-factor", 0.5)
+    driver.find_element(By.ID, "scale-organ").click()
+    before, expected = expected, _scaled(expected, organ, 0.5)
+    assert 0 < (expected == organ).sum() < (before == organ).sum()
+    np.testing.assert_array_equal(mask(), expected)
+
+    # drag with the move tool: the organ follows the pointer by whole mask pixels
+    canvas = driver.find_element(By.ID, "mask-canvas")
+    width, height = driver.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", canvas)
+    sx, sy = width / w, height / h
+
+    def offset(row: int, col: int) -> tuple[int, int]:
+        return round((col + 0.5) * sx - width / 2), round((row + 0.5) * sy - height / 2)
+
+    ys, xs = np.nonzero(expected == organ)
+    start = (int(ys[0]), int(xs[0]))
+    driver.find_element(By.ID, "tool-move").click()
+    (ActionChains(driver, duration=10).move_to_element_with_offset(canvas, *offset(*start)).click_and_hold()
+     .move_to_element_with_offset(canvas, *offset(start[0] - 1, start[1] + 2))
+     .move_to_element_with_offset(canvas, *offset(start[0] - 2, start[1] + 4)).release().perform())
+    expected = _translated(expected, organ, -2, 4)
+    np.testing.assert_array_equal(mask(), expected)
+
+    # erase a diagonal stroke with brush 1: the Bresenham line between the two positions
+    driver.find_element(By.ID, "tool-erase").click()
+    driver.execute_script("const b = document.getElementById('brush'); b.value = '1';"
+                          "b.dispatchEvent(new Event('input', {bubbles: true}));")
+    (ActionChains(driver, duration=10).move_to_element_with_offset(canvas, *offset(2, 2)).click_and_hold()
+     .move_to_element_with_offset(canvas, *offset(h - 3, w - 3)).release().perform())
+    diagonal = np.arange(2, min(h, w) - 2)
+    assert expected[diagonal, diagonal].any()
+    expected[diagonal, diagonal] = 0
+    np.testing.assert_array_equal(mask(), expected)
+    assert driver.execute_script("return window.segdiffEditor.undoDepth()") == 5
+
+    driver.find_element(By.ID, "undo").click()  # then Ctrl+Z four times (focus on a button, not in a field)
+    for _ in range(4):
+        ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+    np.testing.assert_array_equal(mask(), initial)
+    assert driver.execute_script("return window.segdiffEditor.undoDepth()") == 0
+
+    # upload a PNG label map (pixel = id), then a file that is not a mask: the server's message is shown
+    uploaded = np.zeros((h, w), np.uint8)
+    uploaded[4:9, 5:20], uploaded[20:, :7] = 6, 1
+    png = tmp_path / "mask.png"
+    Image.fromarray(uploaded).save(png)
+    driver.find_element(By.CSS_SELECTOR, "#upload-box summary").click()
+    driver.find_element(By.ID, "upload-file").send_keys(str(png))
+    driver.find_element(By.ID, "upload").click()
+    _wait(driver, lambda d: d.find_element(By.ID, "mask-info").text.startswith("uploaded mask.png"), "the uploaded mask")
+    np.testing.assert_array_equal(mask(), uploaded)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    driver.find_element(By.ID, "upload-file").send_keys(str(bad))
+    driver.find_element(By.ID, "upload").click()
+    _wait(driver, lambda d: "error" in d.find_element(By.ID, "message").get_attribute("class"), "an error message")
+    assert "not a PNG" in driver.find_element(By.ID, "message").text
+    np.testing.assert_array_equal(mask(), uploaded)  # unchanged
