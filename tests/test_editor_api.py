@@ -115,7 +115,9 @@ def test_generate_is_reproducible_and_downloadable(client, results):
     single = client.get(f"/api/jobs/{first['job']}/generation_1.png")
     assert single.status_code == 200 and single.headers["content-type"] == "image/png"
     assert client.get(f"/api/jobs/{first['job']}/generation_2.png").status_code == 404
+    loaded = client.app_state.models["ct_axial"].loaded
     again = generate(client, mask, k=2, seed=5)
+    assert client.app_state.models["ct_axial"].loaded is loaded  # loaded once, kept, not re-read per request
     np.testing.assert_array_equal(np.load(io.BytesIO(client.get(f"/api/jobs/{again['job']}/generations.npy").content)), arrays)
     other = generate(client, mask, k=1, seed=6)
     assert other["images"][0] != first["images"][0]
