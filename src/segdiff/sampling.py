@@ -10,7 +10,7 @@ are sampled alongside.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,8 +95,12 @@ def generate(
     settings: SamplerSettings,
     device: torch.device,
     desc: str = "sample",
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Generate one image per mask: ``masks`` (N, H, W) ints, ``seeds`` (N,) -> (N, H, W) float32 in [0, 1]."""
+    """Generate one image per mask: ``masks`` (N, H, W) ints, ``seeds`` (N,) -> (N, H, W) float32 in [0, 1].
+
+    ``progress(done, total)`` is called after every denoising step of every batch (e.g. a progress bar).
+    """
     if len(masks) != len(seeds):
         raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")
     scheduler = make_scheduler(scheduler_config, settings.sampler)
@@ -133,6 +137,8 @@ def generate(
                 noise = torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=device) for g in step_generators])
                 x = stochastic_step(scheduler, prediction, int(t), x, noise, settings.eta)
             bar.update()
+            if progress is not None:
+                progress(bar.n, bar.total)
         out[start : start + len(x)] = from_model_range(x)[:, 0].float().cpu().numpy()
     bar.close()
     return out
