@@ -141,6 +141,27 @@ def _wait(driver, condition, what: str, timeout: float = WAIT_S):
         pytest.fail(f"timed out after {timeout} s waiting for {what}; page message: {message!r}", pytrace=False)
 
 
+def _open_at_richest_mask(driver, url: str, by_enter: bool) -> int:
+    """Open the page, wait until it is ready, and load the test mask with the most organs (through the Load
+    button, or Enter in the index box); returns its index."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver.get(url)
+    _wait(driver, lambda d: d.execute_script("return !!(window.segdiffEditor && window.segdiffEditor.ready)"),
+          "the page to load its config and first mask")
+    index = _most_organs(url)
+    box = driver.find_element(By.ID, "test-index")
+    box.clear()
+    if by_enter:
+        box.send_keys(str(index), Keys.ENTER)
+    else:
+        box.send_keys(str(index))
+        driver.find_element(By.ID, "load-test").click()
+    _wait(driver, lambda d: d.find_element(By.ID, "mask-info").text.startswith(f"test mask {index}:"), f"test mask {index}")
+    return index
+
+
 def test_paint_delete_generate_sends_the_exact_label_map(server, browser, downloads):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -148,15 +169,7 @@ def test_paint_delete_generate_sends_the_exact_label_map(server, browser, downlo
 
     app, url = server
     driver = _require(browser)
-    driver.get(url)
-    _wait(driver, lambda d: d.execute_script("return !!(window.segdiffEditor && window.segdiffEditor.ready)"),
-          "the page to load its config and first mask")
-    index = _most_organs(url)
-    box = driver.find_element(By.ID, "test-index")
-    box.clear()
-    box.send_keys(str(index))
-    driver.find_element(By.ID, "load-test").click()
-    _wait(driver, lambda d: d.find_element(By.ID, "mask-info").text.startswith(f"test mask {index}:"), f"test mask {index}")
+    index = _open_at_richest_mask(driver, url, by_enter=False)
     initial = _mask(driver.execute_script("return window.segdiffEditor.getMask()"))
     model = _get(url + "api/config")["models"][0]
     np.testing.assert_array_equal(initial, _mask(_get(url + f"api/models/{model['id']}/test-masks/{index}")["mask"]))
@@ -254,14 +267,7 @@ def test_move_scale_erase_undo_and_upload(server, browser, tmp_path):
 
     app, url = server
     driver = _require(browser)
-    driver.get(url)
-    _wait(driver, lambda d: d.execute_script("return !!(window.segdiffEditor && window.segdiffEditor.ready)"),
-          "the page to load its config and first mask")
-    index = _most_organs(url)
-    box = driver.find_element(By.ID, "test-index")
-    box.clear()
-    box.send_keys(str(index), Keys.ENTER)
-    _wait(driver, lambda d: d.find_element(By.ID, "mask-info").text.startswith(f"test mask {index}:"), f"test mask {index}")
+    _open_at_richest_mask(driver, url, by_enter=True)
 
     def mask() -> np.ndarray:
         return _mask(driver.execute_script("return window.segdiffEditor.getMask()"))

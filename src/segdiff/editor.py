@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 from segdiff.errors import InputError, SegdiffError
 from segdiff.labels import LabelMap
 from segdiff.mask_io import check_mask, decode_mask, encode_mask, image_png, images_npy, mask_npy, mask_png, read_upload
+from segdiff.slicing import slice_views
 from segdiff.tables import run_label
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ class _Model:
     test_stores: list[Path]  # the study's slice stores of the model's views (their test split)
     loaded: tuple | None = None  # (model, scheduler config)
     _test: object | None = None
+
+    def classes_seen(self, labels: LabelMap) -> list[int]:
+        """Label ids of its training slices (every id of the map for a file that does not record them)."""
+        return [int(c) for c in self.meta.get("classes_seen") or labels.ids]
 
     def test_set(self):
         from segdiff.store import SliceStore
@@ -113,10 +118,6 @@ class _ExportRequest(BaseModel):
     mask: _Mask
 
 
-def _slice_views(view: str) -> list[str]:
-    return ["axial", "coronal", "sagittal"] if view == "all" else [view]
-
-
 def _read_meta(path: Path) -> dict:
     """A model file's metadata (``weights_only`` loading; the network is built on first use only)."""
     from segdiff.checkpoints import MODEL_FORMAT, load_file
@@ -135,7 +136,7 @@ def _discover(results: Path) -> dict[str, _Model]:
         if not modality or not view:
             log.warning("%s: no modality/view in its metadata, skipped", path)
             continue
-        stores = [results / "slices" / modality / v / "store" for v in _slice_views(view)]
+        stores = [results / "slices" / modality / v / "store" for v in slice_views(view)]
         stores = [s for s in stores if (s / "index.tsv").is_file()]
         if not stores:
             log.warning("%s: no slice store of its %s %s slices (image size, test masks), skipped", path, modality, view)
@@ -214,7 +215,7 @@ def create_app(results: str | Path = "results", device: str = "auto", settings: 
         return entry.loaded
 
     def unseen_warning(entry: _Model, mask: np.ndarray) -> list[str]:
-        seen = set(entry.meta.get("classes_seen") or labels.ids)
+        seen = set(entry.classes_seen(labels))
         unseen = sorted(set(np.unique(mask).tolist()) - {0} - seen)
         if not unseen:
             return []
@@ -247,7 +248,7 @@ def create_app(results: str | Path = "results", device: str = "auto", settings: 
             "labels": [{"id": i, "name": labels.names[i], "color": colours[i]} for i in labels.ids],
             "models": [{"id": m.id, "label": run_label(m.meta["modality"], m.meta["view"]), "modality": m.meta["modality"],
                         "view": m.meta["view"], "image_size": m.image_size,
-                        "classes_seen": [int(c) for c in m.meta.get("classes_seen") or labels.ids],
+                        "classes_seen": m.classes_seen(labels),
                         "test_slices": len(m.test_set()) if m.test_set() is not None else 0} for m in models.values()],
             "k_default": min(k_default, settings.k_max), "k_max": settings.k_max,
             "max_upload_bytes": settings.max_upload_bytes,

@@ -23,13 +23,12 @@ from PIL import Image, UnidentifiedImageError
 
 from segdiff.errors import InputError
 from segdiff.labels import LabelMap
-from segdiff.slicing import resize_stack, view_stack
+from segdiff.slicing import VIEWS, resize_stack, view_stack
 from segdiff.volumes import load_nifti
 
-__all__ = ["VIEWS", "encode_mask", "decode_mask", "check_mask", "read_upload", "mask_png", "mask_npy", "image_png",
+__all__ = ["encode_mask", "decode_mask", "check_mask", "read_upload", "mask_png", "mask_npy", "image_png",
            "images_npy"]
 
-VIEWS = ("axial", "coronal", "sagittal")
 MAX_NIFTI_BYTES = 1 << 30  # a decompressed upload larger than this is refused (a gzip bomb)
 
 

@@ -22,11 +22,16 @@ import numpy as np
 
 from segdiff.volumes import Volume
 
-__all__ = ["VIEWS", "Shard", "normalise_ct", "normalise_mri", "normalise", "view_stack", "resize_stack",
+__all__ = ["VIEWS", "slice_views", "Shard", "normalise_ct", "normalise_mri", "normalise", "view_stack", "resize_stack",
            "resize_chunks", "ViewSlices", "select_slices", "slice_volume"]
 
 View = Literal["axial", "coronal", "sagittal"]
 VIEWS: tuple[View, ...] = ("axial", "coronal", "sagittal")
+
+def slice_views(view: str) -> list[str]:
+    """The slice views a model view is trained on: ``all`` is the union of the three."""
+    return list(VIEWS) if view == "all" else [view]
+
 
 # view -> (slice axis, axis shown as rows, axis shown as columns) of the RAS array
 _VIEW_AXES: dict[str, tuple[int, int, int]] = {"axial": (2, 1, 0), "coronal": (1, 2, 0), "sagittal": (0, 2, 1)}

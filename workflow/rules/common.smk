@@ -11,6 +11,7 @@ from segdiff.download import AMOS_FOLDER
 from segdiff.errors import ConfigError
 from segdiff.labels import load_label_map, load_remap
 from segdiff.phantom import phantom_cases
+from segdiff.slicing import slice_views
 from segdiff.job_memory import cpu_activations_mb, evaluate_mem_mb, sample_mem_mb, slices_bound, train_mem_mb
 from segdiff.tables import run_label
 from segdiff.totalvibe import find_model as find_totalvibe_model
@@ -128,11 +129,6 @@ def manifest_rows(wildcards):
 
 def all_manifests():
     return expand("results/slices/{modality}/{view}/manifest.tsv", modality=MODALITIES, view=VIEWS)
-
-
-def slice_views(view):
-    """The slice views a model view is trained on: ``all`` is the union of the three."""
-    return ["axial", "coronal", "sagittal"] if view == "all" else [view]
 
 
 def _model_runs():
