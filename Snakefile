@@ -1,6 +1,7 @@
 # segdiff: segmentation-guided diffusion for CT and MRI.
 #   snakemake --cores all                      the whole study on the embedded phantom
-#   snakemake --cores all --config views=[coronal] --forcerun slice_case   re-slice one view
+#   snakemake --cores all --forcerun results/models/diffusion/ct_axial.pt   retrain, resample, re-evaluate one run
+# A changed setting reruns the jobs it shapes and no other (README, "What reruns when you change a setting").
 # See docs/architecture.md for stages and file contracts.
 
 from snakemake.utils import min_version

@@ -5,14 +5,13 @@ to the table; config/amos.yaml plans the download, then the poster's five runs."
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pandas as pd
 import pytest
 import yaml
 from amos_fixture import make_amos_zip, serve_amos
 from conftest import REPO
-from test_workflow import TINY_MODEL, snakemake
+from test_workflow import TINY_MODEL, job_counts, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -31,12 +30,6 @@ def tiny_amos(api_url: str) -> dict:
         "segmentor": {"model": {"channels": [8, 16], "strides": [2]}, "train": {"steps": 3, "batch_size": 8, "warmup_steps": 1}},
         "evaluation": {"max_slices": 6},
     }
-
-
-def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Snakemake's "Job stats" table (of a run or a dry run) as {rule: count}."""
-    table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\n\n")[0]
-    return {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
 
 
 def test_study_from_an_empty_folder_downloads_amos_then_runs_to_the_table(tmp_path):

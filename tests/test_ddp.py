@@ -9,6 +9,7 @@ starts two jobs of two ranks in all and shares them between the tests through on
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from datetime import timedelta
@@ -77,6 +78,9 @@ class RecordingSlices:
             log.write(" ".join(map(str, index.tolist())) + "\n")
         return self.slices.read(index)
 
+    def fingerprint(self) -> str:
+        return self.slices.fingerprint()
+
 
 def read_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
@@ -119,6 +123,22 @@ def rank_job(slices: RecordingSlices, root: Path) -> None:
                   world_size=2)  # rank 1 raises, rank 0 waits for it in step 6 until stopped
 
 
+def resume_job(slices: RecordingSlices, root: Path) -> None:
+    """What every rank of the resuming job runs: rank 1 sees no checkpoint file at all (as a node whose
+    view of a network file system lags), yet resumes the killed job with rank 0; then the two ranks
+    meet the final checkpoint of the single process (``root/foreign``), which they must not resume."""
+    rank = current_rank()
+    if rank.rank == 1:
+        exists, is_file = Path.exists, Path.is_file
+        Path.exists = lambda self, *a, **k: self.suffix != ".ckpt" and exists(self, *a, **k)
+        Path.is_file = lambda self, *a, **k: self.suffix != ".ckpt" and is_file(self, *a, **k)
+    resumed = fit_diffusion(slices, DENOISER, SCHED, SETTINGS, BATCH, root / "killed" / "diffusion.ckpt", CPU,
+                            ablation_p=ABLATION, world_size=2)
+    foreign = fit_diffusion(slices.slices, DENOISER, SCHED, SETTINGS, BATCH, root / "foreign" / "diffusion.ckpt", CPU,
+                            ablation_p=ABLATION, world_size=2)
+    torch.save({"resumed": resumed, "foreign": foreign}, root / "killed" / f"resumed-rank{rank.rank}.pt")
+
+
 def losses(result) -> np.ndarray:
     return np.array([row["loss"] for row in result.history])
 
@@ -144,11 +164,12 @@ def jobs(tmp_path_factory):
             launch(rank_job, 2, CPU, RecordingSlices(slices, root / "ddp"), root, timeout=JOB_TIMEOUT)
         raised = time.time()
         checkpoint = torch.load(root / "killed" / "diffusion.ckpt", weights_only=True)
-        resumed = fit_diffusion(RecordingSlices(slices, root / "killed"), DENOISER, SCHED, SETTINGS, BATCH,
-                                root / "killed" / "diffusion.ckpt", CPU, ablation_p=ABLATION, world_size=2)
+        shutil.copytree(root / "single", root / "foreign")  # the final checkpoint of one process
+        launch(resume_job, 2, CPU, RecordingSlices(slices, root / "killed"), root, timeout=JOB_TIMEOUT)
     finally:
         torch.set_num_threads(threads)
     ranks = [torch.load(root / "ddp" / f"result-rank{r}.pt", weights_only=False) for r in (0, 1)]
+    resumed = [torch.load(root / "killed" / f"resumed-rank{r}.pt", weights_only=False) for r in (0, 1)]
     return dict(root=root, slices=slices, single=single, ranks=ranks, killed=killed, raised=raised,
                 killed_step=checkpoint["step"], resumed=resumed)
 
@@ -202,17 +223,31 @@ def test_a_failing_rank_fails_the_job_in_the_parent(jobs):
 
 
 def test_a_killed_job_resumes_under_ddp_and_ends_as_the_uninterrupted_one(jobs):
+    """Rank 1 saw no checkpoint file: rank 0's decision and state reached it, both resumed at step 4."""
     assert jobs["killed_step"] == 4
-    resumed, reference = jobs["resumed"], jobs["ranks"][0]["diffusion"]
-    assert resumed.resumed_from == 4
-    assert losses(resumed).tolist() == losses(reference).tolist()
-    for name, weight in reference.ema.state_dict().items():
-        assert torch.equal(resumed.ema.state_dict()[name], weight), name
+    reference = jobs["ranks"][0]["diffusion"]
+    for rank, job in enumerate(jobs["resumed"]):
+        resumed = job["resumed"]
+        assert resumed.resumed_from == 4, rank
+        assert losses(resumed).tolist() == losses(reference).tolist()
+        for name, weight in reference.ema.state_dict().items():
+            assert torch.equal(resumed.ema.state_dict()[name], weight), (rank, name)
     # the resumed ranks read steps 5 and 6 only, each its share
     folder = jobs["root"] / "killed"
     reads = [read_log(folder / f"reads-rank{r}.txt") for r in (0, 1)]
     expected = list(StepBatches(len(jobs["slices"]), BATCH, SETTINGS.seed, 4, SETTINGS.steps))
     assert [a + b for a, b in zip(*reads)] == [batch.tolist() for batch in expected]
+
+
+def test_a_checkpoint_of_another_number_of_ranks_is_not_resumed(jobs):
+    """The single process's final checkpoint (same settings and data, world size 1): two ranks train
+    afresh, to the two-rank model."""
+    reference = jobs["ranks"][0]["diffusion"]
+    for rank, job in enumerate(jobs["resumed"]):
+        foreign = job["foreign"]
+        assert foreign.resumed_from == 0 and losses(foreign).tolist() == losses(reference).tolist(), rank
+        for name, weight in reference.ema.state_dict().items():
+            assert torch.equal(foreign.ema.state_dict()[name], weight), (rank, name)
 
 
 def test_step_batches_of_the_ranks_partition_the_global_batch():
@@ -248,7 +283,7 @@ def test_rank_description_and_world_size_of_a_job(monkeypatch):
             Rank(rank, world_size)
     assert current_rank(CPU) == Rank()  # no process group: the single process
     value = torch.tensor(3.0)
-    assert Rank().mean(value) is value and Rank().sum(value) is value and Rank().from_main(True)
+    assert Rank().mean(value) is value and Rank().sum(value) is value and Rank().object_from_main(True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert job_world_size({"device": "auto", "gpus": 4}) == 4 and job_world_size({"device": "cuda", "gpus": 2}) == 2
     assert job_world_size({"device": "cpu", "gpus": 4}) == 1 and job_world_size({"device": "cuda", "gpus": 1}) == 1

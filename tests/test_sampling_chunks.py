@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_diffusion import SCHED, perturbed_model
-from test_workflow import TINY, TINY_MODEL, snakemake
+from test_workflow import TINY, TINY_MODEL, job_counts, snakemake
 
 from segdiff.diffusion import save_diffusion
 from segdiff.errors import InputError
@@ -56,12 +56,6 @@ def setup(tmp_path_factory):
     model = root / "model.pt"
     save_diffusion(model, perturbed_model(), SCHED, {"classes_seen": [0, 1, 2]})  # random weights: seeds matter
     return root, model, make_stores(root)
-
-
-def job_counts(proc) -> dict[str, int]:
-    """Snakemake's "Job stats" table (of a run or a dry run) as {rule: count}."""
-    table = (proc.stdout + proc.stderr).split("Job stats:")[1].split("\n\n")[0]
-    return {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
 
 
 def run_files(folder, mode):

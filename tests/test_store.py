@@ -156,17 +156,6 @@ def test_kill_and_resume_from_the_store_with_workers_is_bit_identical(tmp_path, 
     assert all(torch.equal(a, b) for a, b in zip(again.ema.state_dict().values(), resumed.ema.state_dict().values()))
 
 
-def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path, monkeypatch, one_thread, caplog):
-    _, store_dir = make_subset(tmp_path)
-    store = SliceStore([store_dir], ["train", "val"])
-    _fit(store, tmp_path / "run.ckpt", LoaderSettings())  # 6 steps, lr 1e-3
-    settings = TrainSettings(steps=6, lr=5e-4, warmup_steps=2, checkpoint_every=2, seed=3, ema_decay=0.9)
-    result = fit_diffusion(store, DenoiserConfig(**TINY), SchedulerConfig(num_train_timesteps=50, prediction_type="sample"),
-                           settings, 4, tmp_path / "run.ckpt", torch.device("cpu"))
-    assert result.resumed_from == 0 and len(result.history) == 6
-    assert "written with other training settings" in caplog.text and "training afresh" in caplog.text
-
-
 def test_remove_finished_deletes_only_checkpoints_of_written_models(tmp_path):
     done, pending = tmp_path / "done.ckpt", tmp_path / "pending.ckpt"
     for path in (done, pending):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,16 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, env: 
     return proc
 
 
+def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Snakemake's "Job stats" table (of a run or a dry run) as {rule: count}; {} when nothing is to be done."""
+    text = proc.stdout + proc.stderr
+    if "Job stats:" not in text:
+        assert "Nothing to be done" in text, text[-3000:]
+        return {}
+    table = text.split("Job stats:")[1].split("\n\n")[0]
+    return {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
+
+
 @pytest.fixture(scope="module")
 def phantom_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("phantom")
@@ -95,15 +106,6 @@ def test_phantom_study_yields_shards_manifests_and_figure(phantom_run):
     provenance = yaml.safe_load((results / "provenance.json").read_text())
     assert provenance["seed"] == 3 and provenance["packages"]["nibabel"] == nib.__version__
     assert (phantom_run / "logs/phantom.log").exists() and list((phantom_run / "benchmarks/slices").rglob("*.tsv"))
-
-
-def test_rerun_one_view_by_config_override(phantom_run):
-    shard = phantom_run / "results/slices/ct/coronal/amos_0001.npz"
-    others = [phantom_run / f"results/slices/ct/{v}/amos_0001.npz" for v in ("axial", "sagittal")]
-    before = {p: p.stat().st_mtime_ns for p in [shard, *others]}
-    snakemake(phantom_run, TINY, "--config", "views=[coronal]", "--forcerun", "slice_case")
-    assert shard.stat().st_mtime_ns > before[shard]
-    assert all(p.stat().st_mtime_ns == before[p] for p in others)
 
 
 def test_rerun_one_view_by_target_file(phantom_run):
@@ -198,48 +200,55 @@ def test_sheet_row_with_missing_file_stops_before_any_job(tmp_path):
 POSTER_RUNS = ["ct/axial", "ct/all", "mri/axial", "mri/all"]
 
 
-def test_whole_study(phantom_run, conditioning="concat"):
+#: the whole study on the tiny slices: the poster's five columns
+STUDY = {**TINY,
+         "diffusion": {"runs": POSTER_RUNS, "conditioning": "concat", "model": TINY_MODEL,
+                       "scheduler": {"num_train_timesteps": 20, "prediction_type": "v_prediction", "min_snr_gamma": 5},
+                       "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}},
+         "sampling": {"steps": 3, "k": 2, "batch_size": 8, "multimodal": ["ct>mri/axial"]},
+         "evaluation": {"max_slices": 12}}
+
+
+@pytest.fixture(scope="module")
+def study(phantom_run):
+    """The finished tiny study in ``phantom_run`` (its first run's process); its results go at the end."""
+    proc = snakemake(phantom_run, STUDY)  # the slices exist already: only model, sampling and evaluation jobs run
+    yield phantom_run, proc
+    for sub in ("models", "samples", "figures/loss", "evaluation", "oracle"):
+        shutil.rmtree(phantom_run / "results" / sub, ignore_errors=True)
+
+
+def test_whole_study(study):
     """train -> sample (reconstruction, multi-inference, CT->MRI) -> oracle -> evaluate -> table, on the
     slices above. (The mask by addition runs the same chain in test_slurm.py.)"""
-    config = {**TINY,
-              "diffusion": {"runs": POSTER_RUNS, "conditioning": conditioning, "model": TINY_MODEL,
-                            "scheduler": {"num_train_timesteps": 20, "prediction_type": "v_prediction", "min_snr_gamma": 5},
-                            "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}},
-              "sampling": {"steps": 3, "k": 2, "batch_size": 8, "multimodal": ["ct>mri/axial"]},
-              "evaluation": {"max_slices": 12}}
-    proc = snakemake(phantom_run, config)  # the slices exist already: only model, sampling and evaluation jobs run
-    assert "slice_case" not in proc.stderr.split("Job stats:")[-1].split("Reasons")[0]
+    phantom_run, proc = study
+    assert "slice_case" not in job_counts(proc)
     results = phantom_run / "results"
-    try:
-        model, _, meta = load_diffusion(results / "models/diffusion/mri_axial.pt")
-        assert model.config.conditioning == conditioning and meta["view"] == "axial"
-        assert not (phantom_run / "checkpoints/diffusion/mri_axial.ckpt").exists()  # removed once the model is written
-        assert len(pd.read_csv(results / "models/diffusion/mri_axial_loss.csv")) == 4
-        recon = read_generation(results / "samples/mri_axial/reconstruction.npz")
-        multi = read_generation(results / "samples/mri_axial/multi_inference.npz")
-        cross = read_generation(results / "samples/ct2mri_axial/multimodal.npz")
-        every = read_generation(results / "samples/ct_all/multi_inference.npz")
-        test_mri = pd.read_csv(results / "slices/mri/axial/manifest.tsv", sep="\t").query("split == 'test'")
-        assert recon["generated"].shape == (min(12, int(test_mri["n_slices"].sum())), 1, 16, 16)
-        assert multi["generated"].shape[1] == 2 and not np.array_equal(multi["generated"][:, 0], multi["generated"][:, 1])
-        np.testing.assert_array_equal(recon["generated"][:, 0], multi["generated"][:, 0])  # generation 1 is the reconstruction
-        assert cross["generated"].shape[1] == 2
-        assert set(cross["case"]) <= set(pd.read_csv(results / "data/cases.tsv", sep="\t").query("modality == 'ct'")["case"])
-        assert len(every["case"]) == 12 and set(every["view"]) == {"axial", "coronal", "sagittal"}  # stratified subset
-        for arrays in (recon, multi, cross, every):
-            assert 0.0 <= arrays["generated"].min() and arrays["generated"].max() <= 1.0
-        assert (results / "samples/ct2mri_axial/multimodal.png").stat().st_size > 5_000
-        assert list((results / "oracle/mri/axial").glob("amos_000*.npz"))  # MRI renders of the CT test anatomy
-        check_table_recomputes(results)
-        for figure in ("generations", "dice_per_organ", "metrics_by_run", "loss_curves", "oracle_vs_generated_ct",
-                       "oracle_vs_generated_mri"):
-            assert (results / f"figures/{figure}.png").stat().st_size > 10_000
-        if conditioning == "concat":
-            snakemake(phantom_run, config, "--report", "report.html")
-            assert (phantom_run / "report.html").stat().st_size > 100_000  # figures are embedded
-    finally:
-        for sub in ("models", "samples", "figures/loss", "evaluation", "oracle"):
-            shutil.rmtree(results / sub, ignore_errors=True)
+    model, _, meta = load_diffusion(results / "models/diffusion/mri_axial.pt")
+    assert model.config.conditioning == "concat" and meta["view"] == "axial"
+    assert not (phantom_run / "checkpoints/diffusion/mri_axial.ckpt").exists()  # removed once the model is written
+    assert len(pd.read_csv(results / "models/diffusion/mri_axial_loss.csv")) == 4
+    recon = read_generation(results / "samples/mri_axial/reconstruction.npz")
+    multi = read_generation(results / "samples/mri_axial/multi_inference.npz")
+    cross = read_generation(results / "samples/ct2mri_axial/multimodal.npz")
+    every = read_generation(results / "samples/ct_all/multi_inference.npz")
+    test_mri = pd.read_csv(results / "slices/mri/axial/manifest.tsv", sep="\t").query("split == 'test'")
+    assert recon["generated"].shape == (min(12, int(test_mri["n_slices"].sum())), 1, 16, 16)
+    assert multi["generated"].shape[1] == 2 and not np.array_equal(multi["generated"][:, 0], multi["generated"][:, 1])
+    np.testing.assert_array_equal(recon["generated"][:, 0], multi["generated"][:, 0])  # generation 1 is the reconstruction
+    assert cross["generated"].shape[1] == 2
+    assert set(cross["case"]) <= set(pd.read_csv(results / "data/cases.tsv", sep="\t").query("modality == 'ct'")["case"])
+    assert len(every["case"]) == 12 and set(every["view"]) == {"axial", "coronal", "sagittal"}  # stratified subset
+    for arrays in (recon, multi, cross, every):
+        assert 0.0 <= arrays["generated"].min() and arrays["generated"].max() <= 1.0
+    assert (results / "samples/ct2mri_axial/multimodal.png").stat().st_size > 5_000
+    assert list((results / "oracle/mri/axial").glob("amos_000*.npz"))  # MRI renders of the CT test anatomy
+    check_table_recomputes(results)
+    for figure in ("generations", "dice_per_organ", "metrics_by_run", "loss_curves", "oracle_vs_generated_ct",
+                   "oracle_vs_generated_mri"):
+        assert (results / f"figures/{figure}.png").stat().st_size > 10_000
+    snakemake(phantom_run, STUDY, "--report", "report.html")
+    assert (phantom_run / "report.html").stat().st_size > 100_000  # figures are embedded
 
 
 def _dice(pred, ref):
@@ -315,3 +324,119 @@ def check_table_recomputes(results):
             assert cell("PSNR (poster protocol)", column) == pytest.approx(psnr8, abs=6e-3)
         per_slice = pd.read_csv(results / f"evaluation/{run}/per_slice.csv")
         assert len(per_slice) == len(gen)
+
+
+def _merged(base: dict, change: dict) -> dict:
+    """``base`` with ``change`` merged in, nested mappings key by key (as Snakemake's ``--config``)."""
+    out = dict(base)
+    for key, value in change.items():
+        out[key] = _merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+#: What one change plans on the finished tiny study (4 runs + CT→MRI axial, 3 cases per modality):
+#: {rule: jobs}. The README's table "What reruns when you change a setting" shows these rows, and
+#: test_readme_rerun_table_is_the_tested_one holds the two together.
+RERUNS = {
+    "`diffusion.runs`: add `ct/coronal`": (
+        {"diffusion": {"runs": [*POSTER_RUNS, "ct/coronal"]}},
+        {"train_diffusion": 1, "sample_diffusion": 1, "gather_samples": 1, "evaluate": 1, "table": 1,
+         "evaluation_figures": 1, "provenance": 1}),
+    "`sampling.multimodal`: add `mri>ct/axial`": (
+        {"sampling": {"multimodal": ["ct>mri/axial", "mri>ct/axial"]}},
+        {"oracle_case": 1, "sample_multimodal": 1, "gather_multimodal": 1, "evaluate": 1, "table": 1, "evaluation_figures": 1,
+         "provenance": 1}),
+    "`compute.*` (memory, threads, workers, device, precision, GPUs), `sampling.batch_size`, `diffusion.train.checkpoint_every`, `compile`": (
+        {"compute": {"sample_mem_mb": 3001, "train_mem_mb": 5000, "train_threads": 2, "loader_workers": 1, "precision": "fp32",
+                     "device": "cpu"},
+         "sampling": {"batch_size": 16}, "diffusion": {"train": {"checkpoint_every": 3, "compile": True}}},
+        {}),
+    "`sampling.steps`, `sampler`, `eta`": (
+        {"sampling": {"steps": 4}},
+        {"sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
+         "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+    "`diffusion.train.lr` (any other `diffusion` key but `runs`)": (
+        {"diffusion": {"train": {"lr": 0.002}}},
+        {"train_diffusion": 4, "sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1,
+         "evaluate": 5, "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+    "`sampling.k`": (
+        {"sampling": {"k": 3}},
+        {"oracle_case": 3, "sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
+         "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+    "`sampling.chunks`": (
+        {"sampling": {"chunks": 2}},
+        {"sample_diffusion": 8, "sample_multimodal": 2, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
+         "table": 1, "evaluation_figures": 1, "oracle_figure": 2}),
+    "`evaluation.max_slices`": (
+        {"evaluation": {"max_slices": 10}},
+        {"sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
+         "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+    "`preprocess.*`": (
+        {"preprocess": {"ct_window": [-150, 250]}},
+        {"slice_case": 6, "manifest": 6, "preview_figure": 1, "oracle_case": 3, "train_diffusion": 4, "train_segmentor": 2,
+         "sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
+         "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+    "`seed`": (
+        {"seed": 4},
+        {"phantom": 1, "cases": 1, "slice_case": 6, "manifest": 6, "preview_figure": 1, "oracle_case": 3, "train_diffusion": 4,
+         "train_segmentor": 2, "sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
+         "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+    "`segmentor.*`": (
+        {"segmentor": {"train": {"lr": 0.02}}},
+        {"train_segmentor": 2, "evaluate": 5, "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+}
+
+
+def test_a_change_plans_the_jobs_it_affects_and_no_other(study):
+    phantom_run, _ = study
+    planned = {change: job_counts(snakemake(phantom_run, _merged(STUDY, override), "-n"))
+               for change, (override, _) in RERUNS.items()}
+    planned = {change: {rule: n for rule, n in jobs.items() if rule not in ("all", "total")} for change, jobs in planned.items()}
+    assert planned == {change: jobs for change, (_, jobs) in RERUNS.items()}
+
+
+def _readme_section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split(f"### {title}\n", 1)[1].split("\n#", 1)[0]
+
+
+def test_readme_rerun_table_is_the_tested_one():
+    """The README's table "What reruns when you change a setting": the rows of RERUNS, each job count as tested."""
+    rows = [line.strip("|").split("|") for line in _readme_section("What reruns when you change a setting").splitlines()
+            if line.startswith("| ") and not line.startswith("| Change")]
+    readme = {}
+    for change, _, jobs in rows:
+        counts = [item.split() for item in jobs.strip().split(", ")] if jobs.strip() != "none" else []
+        readme[change.strip()] = {rule: int(n) for rule, n in counts}
+    assert readme == {change: jobs for change, (_, jobs) in RERUNS.items()}
+
+
+def test_rerun_one_orientation_as_the_readme_says(study):
+    """The README's command, word for word: the axial runs retrain, resample and re-evaluate; the table keeps
+    the other columns; no slicing, segmentor or other model job runs."""
+    phantom_run, _ = study
+    command = [line.strip() for line in _readme_section("Rerun one orientation").splitlines()
+               if line.strip().startswith("snakemake ") and "--forcerun" in line]
+    assert len(command) == 1, command
+    args = shlex.split(command[0])[1:]  # the README's arguments; the helper adds only -s, -d and --configfile
+    results = phantom_run / "results"
+    kept = [results / f"models/diffusion/{run}.pt" for run in ("ct_all", "mri_all")] + [
+        results / f"models/segmentor/{m}.pt" for m in ("ct", "mri")] + [
+        results / f"evaluation/{run}/metrics.json" for run in ("ct_all", "mri_all")] + [
+        *results.glob("slices/*/*/store/image.npy"), *results.glob("oracle/*/*/*.npz")]
+    redone = [results / f"models/diffusion/{run}.pt" for run in ("ct_axial", "mri_axial")] + [
+        results / f"evaluation/{run}/metrics.json" for run in ("ct_axial", "mri_axial", "ct2mri_axial")] + [
+        results / "table.csv"]
+    before = {path: path.stat().st_mtime_ns for path in kept + redone}
+    table_before = pd.read_csv(results / "table.csv", index_col=0, dtype=str, keep_default_na=False)
+
+    proc = snakemake(phantom_run, STUDY, *args)
+    assert job_counts(proc) == {"train_diffusion": 2, "sample_diffusion": 2, "sample_multimodal": 1, "gather_samples": 2,
+                                "gather_multimodal": 1, "evaluate": 3, "table": 1, "evaluation_figures": 1,
+                                "oracle_figure": 2, "all": 1, "total": 16}
+    assert all(path.stat().st_mtime_ns == before[path] for path in kept)
+    assert all(path.stat().st_mtime_ns > before[path] for path in redone)
+    table = pd.read_csv(results / "table.csv", index_col=0, dtype=str, keep_default_na=False)
+    assert list(table.columns) == list(table_before.columns)  # every column is still there
+    pd.testing.assert_frame_equal(table[["CT", "MRI"]], table_before[["CT", "MRI"]])  # the untouched runs' numbers
+    assert job_counts(snakemake(phantom_run, STUDY, "-n")) == {}  # and the study is whole again

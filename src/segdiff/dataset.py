@@ -5,6 +5,7 @@ The whole-dataset view is :class:`segdiff.store.SliceStore` (read row by row fro
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -30,6 +31,15 @@ class SliceSet:
     def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Images and masks at ``index`` (the interface of :meth:`segdiff.store.SliceStore.read`)."""
         return self.image[index], self.mask[index]
+
+    def fingerprint(self) -> str:
+        """A digest of the slices (all of their bytes: an in-memory set is small)."""
+        digest = hashlib.sha256()
+        for array in (self.image, self.mask, self.case, self.slice, self.view):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()
 
     def take(self, index: np.ndarray) -> SliceSet:
         return SliceSet(self.image[index], self.mask[index], self.case[index], self.slice[index], self.view[index])

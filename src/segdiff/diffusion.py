@@ -24,7 +24,7 @@ from torch import nn
 from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.distributed import Rank, current_rank, launch, local_batch_size, should_launch
 from segdiff.errors import InputError
-from segdiff.loader import LoaderSettings, Slices, step_loader
+from segdiff.loader import LoaderSettings, Slices, data_fingerprint, step_loader
 from segdiff.training import TrainResult, TrainSettings, train
 
 __all__ = [
@@ -223,6 +223,7 @@ def fit_diffusion(
     desc: str = "diffusion",
     loader: LoaderSettings = LoaderSettings(),
     world_size: int = 1,
+    resume_key: dict | None = None,
 ) -> TrainResult:
     """Train a :class:`SegGuidedDenoiser` on ``slices`` (a
     :class:`~segdiff.store.SliceStore` on disk or an in-memory :class:`~segdiff.dataset.SliceSet`), read
@@ -231,12 +232,16 @@ def fit_diffusion(
     ``world_size > 1``: data parallel over that many processes (one per GPU on CUDA, see
     :func:`~segdiff.distributed.launch`), ``batch_size`` being the global batch; the result is rank 0's.
 
+    A checkpoint is resumed only when it was trained with the same settings, network, scheduler,
+    batch size, ``ablation_p``, data (:func:`~segdiff.loader.data_fingerprint`), number of ranks and
+    ``resume_key`` (what else shapes the weights that the caller knows, e.g. the label map).
+
     Returns the :class:`~segdiff.training.TrainResult` (EMA model, loss history).
     """
     if should_launch(world_size):
         local_batch_size(batch_size, world_size)  # refuse a batch the ranks cannot share before starting them
         return launch(fit_diffusion, world_size, device, slices, denoiser, scheduler_config, settings, batch_size,
-                      checkpoint, device, ablation_p, desc, loader, world_size=world_size)
+                      checkpoint, device, ablation_p, desc, loader, world_size=world_size, resume_key=resume_key)
     rank = current_rank(device)
     torch.manual_seed(settings.seed)  # weight initialisation
     model = SegGuidedDenoiser(denoiser)
@@ -251,7 +256,10 @@ def fit_diffusion(
     def batches(start):
         return step_loader(slices, batch_size, settings.seed, start, settings.steps, loader, rank.rank, rank.world_size)
 
-    return train(model, loss_fn, batches, settings, checkpoint, rank.device, kind="diffusion", desc=desc, rank=rank)
+    recipe = {"denoiser": asdict(denoiser), "scheduler": asdict(scheduler_config), "batch_size": batch_size,
+              "ablation_p": ablation_p, "data": data_fingerprint(slices), **(resume_key or {})}
+    return train(model, loss_fn, batches, settings, checkpoint, rank.device, kind="diffusion", desc=desc, rank=rank,
+                 recipe=recipe)
 
 
 def save_diffusion(path, model: SegGuidedDenoiser, scheduler_config: SchedulerConfig, meta: dict) -> None:

@@ -65,7 +65,7 @@ class Rank:
     """One process of a data-parallel job: its ``rank`` in ``0 .. world_size - 1`` and the
     ``device`` it computes on (``cuda:LOCAL_RANK`` or the CPU). ``Rank()`` is the single process.
 
-    The collectives below (:meth:`mean`, :meth:`max`, :meth:`barrier`, :meth:`from_main`) are
+    The collectives below (:meth:`mean`, :meth:`max`, :meth:`barrier`, :meth:`object_from_main`) are
     no-ops for a single process, so code written for a rank runs unchanged without a process group.
     """
 
@@ -115,13 +115,13 @@ class Rank:
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
         return top
 
-    def from_main(self, flag: bool) -> bool:
-        """Rank 0's ``flag`` on every rank (e.g. whether a checkpoint exists), so all ranks decide alike."""
+    def object_from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object, e.g. a training state on the CPU) on every rank."""
         if not self.distributed:
-            return flag
-        value = torch.tensor([int(flag)], device=self.device)
-        dist.broadcast(value, src=0)
-        return bool(value.item())
+            return value
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segdiff.distributed import local_batch_size
 
-__all__ = ["Slices", "LoaderSettings", "loader_settings", "StepBatches", "BatchReader", "step_loader"]
+__all__ = ["Slices", "data_fingerprint", "LoaderSettings", "loader_settings", "StepBatches", "BatchReader", "step_loader"]
 
 
 class Slices(Protocol):
@@ -32,6 +32,14 @@ class Slices(Protocol):
     def __len__(self) -> int: ...
 
     def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def data_fingerprint(slices: Slices) -> str:
+    """What a training checkpoint records of its data (:meth:`segdiff.store.SliceStore.fingerprint`):
+    a checkpoint of other data is never resumed."""
+    return slices.fingerprint()
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import nn
 from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.distributed import Rank, current_rank, launch, local_batch_size, should_launch
 from segdiff.errors import InputError
-from segdiff.loader import LoaderSettings, Slices, step_loader
+from segdiff.loader import LoaderSettings, Slices, data_fingerprint, step_loader
 from segdiff.training import TrainResult, TrainSettings, train
 
 __all__ = ["SegmentorConfig", "build_segmentor", "augment", "batch_dice_ce", "fit_segmentor", "save_segmentor", "load_segmentor",
@@ -99,7 +99,8 @@ def batch_dice_ce(logits: torch.Tensor, labels: torch.Tensor, rank: Rank | None 
 
 def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettings, batch_size: int, checkpoint,
                   device: torch.device, desc: str = "segmentor", augmentation: bool = True,
-                  loader: LoaderSettings = LoaderSettings(), world_size: int = 1) -> TrainResult:
+                  loader: LoaderSettings = LoaderSettings(), world_size: int = 1,
+                  resume_key: dict | None = None) -> TrainResult:
     """Train on ``slices`` (a :class:`~segdiff.store.SliceStore` or a :class:`~segdiff.dataset.SliceSet`,
     read batch by batch through :func:`~segdiff.loader.step_loader`) with DiceCE loss.
 
@@ -111,11 +112,15 @@ def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettin
     ``world_size > 1``: data parallel over that many processes (:func:`~segdiff.distributed.launch`),
     ``batch_size`` being the global batch, the batch Dice that of the global batch
     (:func:`batch_dice_ce`); the result is rank 0's.
+
+    A checkpoint is resumed only when it was trained with the same settings, network, batch size,
+    augmentation, data (:func:`~segdiff.loader.data_fingerprint`), number of ranks and ``resume_key``
+    (e.g. the label map).
     """
     if should_launch(world_size):
         local_batch_size(batch_size, world_size)  # refuse a batch the ranks cannot share before starting them
         return launch(fit_segmentor, world_size, device, slices, config, settings, batch_size, checkpoint, device, desc,
-                      augmentation, loader, world_size=world_size)
+                      augmentation, loader, world_size=world_size, resume_key=resume_key)
     rank = current_rank(device)
     torch.manual_seed(settings.seed)
     model = build_segmentor(config)
@@ -133,7 +138,10 @@ def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettin
     def batches(start):
         return step_loader(slices, batch_size, settings.seed, start, settings.steps, loader, rank.rank, rank.world_size)
 
-    return train(model, loss_fn, batches, settings, checkpoint, rank.device, kind="segmentor", desc=desc, rank=rank)
+    recipe = {"segmentor": asdict(config), "batch_size": batch_size, "augmentation": augmentation,
+              "data": data_fingerprint(slices), **(resume_key or {})}
+    return train(model, loss_fn, batches, settings, checkpoint, rank.device, kind="segmentor", desc=desc, rank=rank,
+                 recipe=recipe)
 
 
 def save_segmentor(path, model: nn.Module, config: SegmentorConfig, meta: dict) -> None:

@@ -36,7 +36,7 @@ from segdiff.atomic import atomic_path
 from segdiff.checkpoints import CHECKPOINT_FORMAT, load_file, save_file
 from segdiff.distributed import Rank, current_rank
 
-__all__ = ["TrainSettings", "TrainResult", "train", "pick_device", "native_bf16", "use_bf16", "warmup_cosine",
+__all__ = ["TrainSettings", "TrainResult", "train", "resume_key", "key_differences", "pick_device", "native_bf16", "use_bf16", "warmup_cosine",
            "write_history"]
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,37 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _resume_key(settings: TrainSettings) -> dict:
-    """What a checkpoint must have been trained with to be resumed (not how often it is saved or compiled)."""
-    return {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_every", "compile")}
+def resume_key(settings: TrainSettings, recipe: dict | None = None, world_size: int = 1) -> dict:
+    """What a checkpoint must have been trained with to be resumed: every training setting but how
+    often it is saved and whether it is compiled (bf16 included), the ``recipe`` (the network, its
+    scheduler, the batch size, the conditioning and ``ablation_p``, a fingerprint of the training
+    data, the label map: what the caller knows shapes the weights) and the number of ranks.
+
+    Args:
+        settings: the training settings.
+        recipe: JSON-like values; tuples and lists compare alike (a checkpoint stores lists).
+        world_size: processes of the data-parallel job.
+    """
+    key = {"settings": {k: v for k, v in asdict(settings).items() if k not in ("checkpoint_every", "compile")},
+           "recipe": recipe or {}, "world_size": world_size}
+    return _plain(key)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, the form it has after a round trip through a checkpoint."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def key_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two resume keys differ (``old`` may be anything a foreign checkpoint holds)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in key_differences(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".") or "<key>"]
 
 
 def _after_step(step: int) -> None:
@@ -126,18 +154,21 @@ def train(
     kind: str,
     desc: str = "train",
     rank: Rank | None = None,
+    recipe: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``settings.steps`` steps, resuming from ``checkpoint`` when it exists.
 
     The checkpoint is written every ``checkpoint_every`` steps (atomically) and left in place at
     the end, so that a job killed after its last step (e.g. at its time limit, while writing its
     files) resumes at ``steps`` and only writes them again; :func:`segdiff.checkpoints.remove_finished`
-    deletes it once the model file exists. A checkpoint written with other settings (steps, lr,
-    seed, ...) is not resumed: training starts afresh, with a warning.
+    deletes it once the model file exists. A checkpoint of another :func:`resume_key` (other
+    training settings, ``recipe`` or number of ranks) is not resumed: training starts afresh, with a
+    warning naming the fields that differ.
 
     ``rank``: this process's place in a data-parallel job (default: :func:`~segdiff.distributed.current_rank`,
     the single process unless a process group is initialised); ``device`` is then its own device.
-    Rank 0 writes the checkpoint, the others wait for it.
+    Rank 0 alone reads the checkpoint, decides whether to resume and hands its state to the other
+    ranks (which need not see the file); rank 0 alone writes it, the others wait for it.
     """
     rank = current_rank(device) if rank is None else rank
     checkpoint = Path(checkpoint)
@@ -153,11 +184,16 @@ def train(
     generator.manual_seed(settings.seed)
     history: list[dict] = []
     step = 0
-    state = load_file(checkpoint, CHECKPOINT_FORMAT, kind, map_location=device) if rank.from_main(checkpoint.exists()) else None
-    if state is not None and state.get("settings") != _resume_key(settings):
-        log.warning("%s: %s was written with other training settings (%s, now %s): training afresh", desc, checkpoint,
-                    state.get("settings"), _resume_key(settings))
-        state = None
+    key = resume_key(settings, recipe, rank.world_size)
+    state = None
+    if rank.is_main and checkpoint.exists():  # rank 0 decides and hands its state to the others
+        state = load_file(checkpoint, CHECKPOINT_FORMAT, kind, map_location="cpu")
+        differences = key_differences(state.get("key"), key)
+        if differences:
+            log.warning("%s: %s was trained with other settings or data (%s differ): training afresh", desc, checkpoint,
+                        ", ".join(differences))
+            state = None
+    state = rank.object_from_main(state)
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -179,7 +215,7 @@ def train(
             save_file(checkpoint, {
                 "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "generator": generator.get_state(), "history": history, "step": step,
-                "settings": _resume_key(settings),
+                "key": key,
             }, CHECKPOINT_FORMAT, kind)
         rank.barrier()  # no rank runs ahead of (or reads) a checkpoint being written
 

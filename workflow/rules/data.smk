@@ -65,8 +65,6 @@ rule totalvibe_mask:
         image=lambda w: case_table().loc[w.case, "image"],
     output:
         TOTALVIBE_MASK,
-    params:
-        device=config["compute"]["device"],
     log:
         "logs/masks/totalvibe/{case}.log",
     benchmark:
@@ -156,7 +154,7 @@ rule provenance:
     output:
         "results/provenance.json",
     params:
-        config=config,
+        config=recorded_config(config),  # without speed keys: a memory request rewrites nothing
         repo=str(REPO),
     log:
         "logs/provenance.log",

@@ -14,12 +14,9 @@ rule train_diffusion:
         ),
     params:
         checkpoint="checkpoints/diffusion/{modality}_{view}.ckpt",
-        diffusion=config["diffusion"],
+        diffusion=diffusion_params(config),  # what shapes the model: not the list of runs, no speed keys
         labels=config["dataset"]["labels"],
-        device=config["compute"]["device"],
-        precision=config["compute"]["precision"],
         seed=config["seed"],
-        loader=COMPUTE,
     log:
         "logs/diffusion/train_{modality}_{view}.log",
     benchmark:
@@ -51,10 +48,8 @@ rule sample_diffusion:
     output:
         part=temp("results/samples/{modality}_{view}/chunks/multi_inference_{scatteritem}.npz"),
     params:
-        sampling=config["sampling"],
+        sampling=sampling_params(config),  # sampler, steps, eta, k: not the batch, chunks or multi-modal runs
         max_slices=config["evaluation"]["max_slices"],
-        device=config["compute"]["device"],
-        precision=config["compute"]["precision"],
         seed=config["seed"],
         mode="multi_inference",
     log:
@@ -76,10 +71,8 @@ use rule sample_diffusion as sample_multimodal with:
     output:
         part=temp("results/samples/{source}2{modality}_{view}/chunks/multimodal_{scatteritem}.npz"),
     params:
-        sampling=config["sampling"],
+        sampling=sampling_params(config),  # sampler, steps, eta, k: not the batch, chunks or multi-modal runs
         max_slices=config["evaluation"]["max_slices"],
-        device=config["compute"]["device"],
-        precision=config["compute"]["precision"],
         seed=config["seed"],
         mode="multimodal",
     log:

@@ -9,12 +9,9 @@ rule train_segmentor:
         loss="results/models/segmentor/{modality}_loss.csv",
     params:
         checkpoint="checkpoints/segmentor/{modality}.ckpt",
-        segmentor=config["segmentor"],
+        segmentor=segmentor_params(config),
         labels=config["dataset"]["labels"],
-        device=config["compute"]["device"],
-        precision=config["compute"]["precision"],
         seed=config["seed"],
-        loader=COMPUTE,
     log:
         "logs/segmentor/train_{modality}.log",
     benchmark:
@@ -41,7 +38,6 @@ rule evaluate:
     params:
         label=lambda w: RUN_LABELS[w.run],
         labels=config["dataset"]["labels"],
-        device=config["compute"]["device"],
         inception_weights=config["evaluation"]["inception_weights"],
         poster_inception_weights=config["evaluation"]["poster_inception_weights"],
         max_slices=config["evaluation"]["max_slices"],

@@ -1,4 +1,5 @@
 from segdiff.distributed import is_main_process, job_world_size
+from segdiff.job_params import speed_settings
 from segdiff.labels import load_label_map
 from segdiff.loader import loader_settings
 from segdiff.runtime import run_script
@@ -8,16 +9,18 @@ from segdiff.training import TrainSettings, pick_device, use_bf16, write_history
 
 
 def main():
-    p, modality = snakemake.params, snakemake.wildcards.modality
+    # params: what shapes the model (reruns when it changes); speed and placement come from the config
+    p, modality, compute = snakemake.params, snakemake.wildcards.modality, snakemake.config["compute"]
     labels = load_label_map(p.labels)
-    device = pick_device(p.device)
+    device = pick_device(compute["device"])
     slices = SliceStore(snakemake.input.stores, p.segmentor["splits"])
     config = SegmentorConfig(num_classes=labels.max_id + 1, **p.segmentor["model"])
-    train = dict(p.segmentor["train"])
+    train = {**p.segmentor["train"], **speed_settings(snakemake.config, "segmentor.train")}
     batch_size, augmentation = train.pop("batch_size"), train.pop("augment")
-    result = fit_segmentor(slices, config, TrainSettings(seed=p.seed, bf16=use_bf16(p.precision, device), **train), batch_size, p.checkpoint,
-                           device, desc=f"segmentor {modality}", augmentation=augmentation,
-                           loader=loader_settings(p.loader, device), world_size=job_world_size(p.loader))
+    result = fit_segmentor(slices, config, TrainSettings(seed=p.seed, bf16=use_bf16(compute["precision"], device), **train), batch_size,
+                           p.checkpoint, device, desc=f"segmentor {modality}", augmentation=augmentation,
+                           loader=loader_settings(compute, device), world_size=job_world_size(compute),
+                           resume_key={"labels": labels.names})
     if not is_main_process():  # a rank under torchrun: rank 0 writes the outputs
         return
     save_segmentor(snakemake.output.model, result.ema, config,

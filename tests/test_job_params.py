@@ -1,0 +1,78 @@
+"""The narrow params of the workflow's rules: each holds what shapes its job's outputs, and nothing else."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from conftest import CONFIG_SCHEMA, REPO
+
+from segdiff.config import load_config
+from segdiff.job_params import (SPEED_KEYS, diffusion_params, recorded_config, sampling_params, segmentor_params,
+                                speed_settings)
+
+
+@pytest.fixture
+def config():
+    return load_config(REPO / "config/config.yaml", CONFIG_SCHEMA)
+
+
+def _leaves(tree, prefix=""):
+    """Dotted paths of the leaves of a nested mapping."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip(".")}
+    return {leaf for key, value in tree.items() for leaf in _leaves(value, f"{prefix}{key}.")}
+
+
+def test_diffusion_params_hold_every_setting_but_the_runs_and_speed(config):
+    params = diffusion_params(config)
+    assert "runs" not in params
+    assert _leaves(params) == _leaves(config["diffusion"]) - {"runs", "train.checkpoint_every", "train.compile"}
+    assert params["train"]["lr"] == config["diffusion"]["train"]["lr"] and params["conditioning"] == "concat"
+    # adding a run leaves every run's params as they were
+    more = copy.deepcopy(config)
+    more["diffusion"]["runs"].append("ct/coronal")
+    assert diffusion_params(more) == params
+
+
+def test_sampling_params_hold_sampler_steps_eta_k_only(config):
+    params = sampling_params(config)
+    assert set(params) == set(config["sampling"]) - {"batch_size", "chunks", "multimodal"}
+    other = copy.deepcopy(config)
+    other["sampling"].update(batch_size=7, chunks=3, multimodal=[])
+    assert sampling_params(other) == params
+    other["sampling"]["steps"] += 1
+    assert sampling_params(other) != params
+
+
+def test_segmentor_params_and_recorded_config_leave_out_speed_keys(config):
+    assert _leaves(segmentor_params(config)) == _leaves(config["segmentor"]) - {"train.checkpoint_every", "train.compile"}
+    recorded = recorded_config(config)
+    assert "compute" not in recorded and "batch_size" not in recorded["sampling"]
+    assert recorded["diffusion"]["runs"] == config["diffusion"]["runs"]  # provenance records the runs
+    assert _leaves(recorded) == _leaves(config) - {f"compute.{k}" for k in config["compute"]} - {
+        "sampling.batch_size", "sampling.chunks", "diffusion.train.checkpoint_every", "diffusion.train.compile",
+        "segmentor.train.checkpoint_every", "segmentor.train.compile"}
+    before = copy.deepcopy(config)
+    recorded["diffusion"]["train"]["lr"] = 1.0
+    assert config == before  # copies: nothing reaches back into Snakemake's config
+
+
+def test_a_new_key_shapes_outputs_until_declared_a_speed_key(config):
+    """A key SPEED_KEYS does not name is part of the params (safe default: it reruns its jobs)."""
+    config["diffusion"]["train"]["new_knob"] = 1
+    config["sampling"]["new_knob"] = 2
+    assert diffusion_params(config)["train"]["new_knob"] == 1 and sampling_params(config)["new_knob"] == 2
+
+
+def test_speed_settings_are_what_the_params_leave_out(config):
+    assert speed_settings(config, "compute") == config["compute"]
+    assert speed_settings(config, "diffusion.train") == {"checkpoint_every": 200, "compile": False}
+    assert speed_settings(config, "sampling") == {"batch_size": 64, "chunks": 1}
+    for path, keys in SPEED_KEYS.items():  # every named speed key exists in the schema's defaults
+        section = config
+        for part in path.split("."):
+            section = section[part]
+        assert keys == "*" or set(keys) <= set(section), path
+    for section, params in (("diffusion", diffusion_params(config)), ("segmentor", segmentor_params(config))):
+        assert {**params["train"], **speed_settings(config, f"{section}.train")} == config[section]["train"]
