@@ -8,7 +8,7 @@ import pytest
 from conftest import CONFIG_SCHEMA, REPO
 
 from segdiff.config import load_config
-from segdiff.job_params import (SPEED_KEYS, diffusion_params, recorded_config, sampling_params, segmentor_params,
+from segdiff.job_params import (SPEED_KEYS, diffusion_params, preprocess_params, recorded_config, sampling_params, segmentor_params,
                                 speed_settings)
 
 
@@ -76,3 +76,13 @@ def test_speed_settings_are_what_the_params_leave_out(config):
         assert keys == "*" or set(keys) <= set(section), path
     for section, params in (("diffusion", diffusion_params(config)), ("segmentor", segmentor_params(config))):
         assert {**params["train"], **speed_settings(config, f"{section}.train")} == config[section]["train"]
+
+
+def test_preprocess_params_leave_out_the_other_modalitys_intensities(config):
+    ct, mri = preprocess_params(config, "ct"), preprocess_params(config, "mri")
+    assert set(ct) == set(config["preprocess"]) - {"mri_percentiles"} and set(mri) == set(config["preprocess"]) - {"ct_window"}
+    other = copy.deepcopy(config)
+    other["preprocess"]["ct_window"] = [-100, 200]
+    assert preprocess_params(other, "mri") == mri and preprocess_params(other, "ct") != ct
+    other["preprocess"]["image_size"] = 64
+    assert preprocess_params(other, "mri") != mri  # every other key shapes both

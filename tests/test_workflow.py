@@ -371,8 +371,13 @@ RERUNS = {
         {"evaluation": {"max_slices": 10}},
         {"sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
          "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
-    "`preprocess.*`": (
+    "`preprocess.ct_window` (`mri_percentiles` alike for MRI)": (
         {"preprocess": {"ct_window": [-150, 250]}},
+        {"slice_case": 3, "manifest": 3, "preview_figure": 1, "oracle_case": 1, "train_diffusion": 2, "train_segmentor": 1,
+         "sample_diffusion": 2, "sample_multimodal": 1, "gather_samples": 2, "gather_multimodal": 1, "evaluate": 3,
+         "table": 1, "evaluation_figures": 1, "oracle_figure": 1, "provenance": 1}),
+    "`preprocess.*` (any other key)": (
+        {"preprocess": {"min_foreground": 5}},
         {"slice_case": 6, "manifest": 6, "preview_figure": 1, "oracle_case": 3, "train_diffusion": 4, "train_segmentor": 2,
          "sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
          "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),

@@ -18,7 +18,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SPEED_KEYS", "diffusion_params", "segmentor_params", "sampling_params", "recorded_config", "speed_settings"]
+__all__ = ["SPEED_KEYS", "MODALITY_KEYS", "diffusion_params", "preprocess_params", "segmentor_params", "sampling_params", "recorded_config", "speed_settings"]
 
 #: section -> keys of speed and placement (``"*"``: the whole section)
 SPEED_KEYS: dict[str, tuple[str, ...] | str] = {
@@ -85,6 +85,22 @@ def sampling_params(config: Mapping[str, Any]) -> dict[str, Any]:
     params = _without_speed(config, "sampling")
     params.pop("multimodal", None)
     return params
+
+
+#: preprocess key -> the one modality whose intensities it normalises
+MODALITY_KEYS = {"ct_window": "ct", "mri_percentiles": "mri"}
+
+
+def preprocess_params(config: Mapping[str, Any], modality: str) -> dict[str, Any]:
+    """What shapes the slices (or oracle renders) of one modality: ``preprocess`` without the other
+    modality's intensity setting (a new CT window must not re-slice the MRI cases).
+
+    Args:
+        config: the validated workflow config.
+        modality: ``ct`` or ``mri``.
+    """
+    return {key: copy.deepcopy(value) for key, value in config["preprocess"].items()
+            if MODALITY_KEYS.get(key, modality) == modality}
 
 
 def recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -137,9 +137,10 @@ def gather_oracle(files: Sequence[str | Path], case: np.ndarray, view: np.ndarra
 
 def case_oracle(case: str, contrast: str, label_path: str | Path, phantom: Mapping, seed: int, k: int, labels: str,
                 preprocess: Mapping, outputs: Sequence[str | Path]) -> None:
-    """The workflow's oracle job: renders of one case written to ``outputs`` (``.../{view}/{case}.npz``)."""
+    """The workflow's oracle job: renders of one case written to ``outputs`` (``.../{view}/{case}.npz``).
+    ``preprocess`` needs only the intensity setting of ``contrast`` (``ct_window`` or ``mri_percentiles``)."""
     paths = {Path(p).parent.name: p for p in outputs}
     renders = render_oracle(case, contrast, label_path, phantom, seed, k, load_label_map(labels), list(paths),
                             image_size=preprocess["image_size"], min_foreground=preprocess["min_foreground"],
-                            ct_window=preprocess["ct_window"], mri_percentiles=preprocess["mri_percentiles"])
+                            ct_window=preprocess.get("ct_window"), mri_percentiles=preprocess.get("mri_percentiles"))
     write_oracle(renders, paths)

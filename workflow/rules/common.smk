@@ -12,7 +12,7 @@ from segdiff.errors import ConfigError
 from segdiff.labels import load_label_map, load_remap
 from segdiff.phantom import phantom_cases
 from segdiff.slicing import slice_views
-from segdiff.job_params import diffusion_params, recorded_config, sampling_params, segmentor_params
+from segdiff.job_params import diffusion_params, preprocess_params, recorded_config, sampling_params, segmentor_params
 from segdiff.job_memory import cpu_activations_mb, evaluate_mem_mb, sample_mem_mb, slices_bound, train_mem_mb
 from segdiff.tables import run_label
 from segdiff.totalvibe import find_model as find_totalvibe_model

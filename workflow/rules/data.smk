@@ -90,7 +90,7 @@ rule slice_case:
     params:
         labels=config["dataset"]["labels"],
         remap=config["dataset"]["remap"],
-        preprocess=PRE,
+        preprocess=lambda w: preprocess_params(config, w.modality),  # not the other modality's intensities
     log:
         "logs/slices/{modality}/{case}.log",
     benchmark:
@@ -178,7 +178,7 @@ rule oracle_case:
         seed=config["seed"],
         k=config["sampling"]["k"],
         labels=config["dataset"]["labels"],
-        preprocess=PRE,
+        preprocess=lambda w: preprocess_params(config, w.contrast),
     log:
         "logs/oracle/{contrast}/{case}.log",
     benchmark:

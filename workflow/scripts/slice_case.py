@@ -17,8 +17,8 @@ def main():
     counts = write_case_shards(
         volume, snakemake.wildcards.modality,
         dict(zip(views, snakemake.output.shards)), dict(zip(views, snakemake.output.previews)),
-        image_size=pre["image_size"], min_foreground=pre["min_foreground"], ct_window=pre["ct_window"],
-        mri_percentiles=pre["mri_percentiles"], previews_per_case=pre["previews_per_case"],
+        image_size=pre["image_size"], min_foreground=pre["min_foreground"], ct_window=pre.get("ct_window"),
+        mri_percentiles=pre.get("mri_percentiles"), previews_per_case=pre["previews_per_case"],  # one of the two: this modality's
     )
     logging.getLogger("segdiff").info("%s: slices per view %s (spacing %s mm)", snakemake.wildcards.case, counts, volume.spacing)
 
