@@ -24,7 +24,7 @@ from torch import nn
 from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.distributed import Rank, current_rank, launch, local_batch_size, should_launch
 from segdiff.errors import InputError
-from segdiff.loader import LoaderSettings, Slices, data_fingerprint, step_loader
+from segdiff.loader import LoaderSettings, Slices, step_loader
 from segdiff.training import TrainResult, TrainSettings, train
 
 __all__ = [
@@ -233,7 +233,7 @@ def fit_diffusion(
     :func:`~segdiff.distributed.launch`), ``batch_size`` being the global batch; the result is rank 0's.
 
     A checkpoint is resumed only when it was trained with the same settings, network, scheduler,
-    batch size, ``ablation_p``, data (:func:`~segdiff.loader.data_fingerprint`), number of ranks and
+    batch size, ``ablation_p``, data (:meth:`~segdiff.store.SliceStore.fingerprint`), number of ranks and
     ``resume_key`` (what else shapes the weights that the caller knows, e.g. the label map).
 
     Returns the :class:`~segdiff.training.TrainResult` (EMA model, loss history).
@@ -257,7 +257,7 @@ def fit_diffusion(
         return step_loader(slices, batch_size, settings.seed, start, settings.steps, loader, rank.rank, rank.world_size)
 
     recipe = {"denoiser": asdict(denoiser), "scheduler": asdict(scheduler_config), "batch_size": batch_size,
-              "ablation_p": ablation_p, "data": data_fingerprint(slices), **(resume_key or {})}
+              "ablation_p": ablation_p, "data": slices.fingerprint(), **(resume_key or {})}
     return train(model, loss_fn, batches, settings, checkpoint, rank.device, kind="diffusion", desc=desc, rank=rank,
                  recipe=recipe)
 

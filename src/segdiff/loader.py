@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segdiff.distributed import local_batch_size
 
-__all__ = ["Slices", "data_fingerprint", "LoaderSettings", "loader_settings", "StepBatches", "BatchReader", "step_loader"]
+__all__ = ["Slices", "LoaderSettings", "loader_settings", "StepBatches", "BatchReader", "step_loader"]
 
 
 class Slices(Protocol):
@@ -33,13 +33,7 @@ class Slices(Protocol):
 
     def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def fingerprint(self) -> str: ...
-
-
-def data_fingerprint(slices: Slices) -> str:
-    """What a training checkpoint records of its data (:meth:`segdiff.store.SliceStore.fingerprint`):
-    a checkpoint of other data is never resumed."""
-    return slices.fingerprint()
+    def fingerprint(self) -> str: ...  # what a training checkpoint records of its data (SliceStore.fingerprint)
 
 
 @dataclass

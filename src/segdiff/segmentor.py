@@ -20,7 +20,7 @@ from torch import nn
 from segdiff.checkpoints import MODEL_FORMAT, load_file, save_file
 from segdiff.distributed import Rank, current_rank, launch, local_batch_size, should_launch
 from segdiff.errors import InputError
-from segdiff.loader import LoaderSettings, Slices, data_fingerprint, step_loader
+from segdiff.loader import LoaderSettings, Slices, step_loader
 from segdiff.training import TrainResult, TrainSettings, train
 
 __all__ = ["SegmentorConfig", "build_segmentor", "augment", "batch_dice_ce", "fit_segmentor", "save_segmentor", "load_segmentor",
@@ -114,7 +114,7 @@ def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettin
     (:func:`batch_dice_ce`); the result is rank 0's.
 
     A checkpoint is resumed only when it was trained with the same settings, network, batch size,
-    augmentation, data (:func:`~segdiff.loader.data_fingerprint`), number of ranks and ``resume_key``
+    augmentation, data (:meth:`~segdiff.store.SliceStore.fingerprint`), number of ranks and ``resume_key``
     (e.g. the label map).
     """
     if should_launch(world_size):
@@ -139,7 +139,7 @@ def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettin
         return step_loader(slices, batch_size, settings.seed, start, settings.steps, loader, rank.rank, rank.world_size)
 
     recipe = {"segmentor": asdict(config), "batch_size": batch_size, "augmentation": augmentation,
-              "data": data_fingerprint(slices), **(resume_key or {})}
+              "data": slices.fingerprint(), **(resume_key or {})}
     return train(model, loss_fn, batches, settings, checkpoint, rank.device, kind="segmentor", desc=desc, rank=rank,
                  recipe=recipe)
 
