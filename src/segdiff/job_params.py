@@ -37,19 +37,13 @@ def _section(config: Mapping[str, Any], path: str) -> Any:
 
 
 def _without_speed(config: Mapping[str, Any], path: str) -> dict[str, Any]:
-    """A deep copy of the section ``path`` of ``config`` without its speed keys (at any depth below it)."""
+    """A deep copy of the section ``path`` of ``config`` without its speed keys (its own and those of its subsections)."""
     section = copy.deepcopy(dict(_section(config, path)))
     for speed_path, keys in SPEED_KEYS.items():
-        if speed_path == path or not speed_path.startswith(path + "."):
-            continue
-        inner = section
-        for part in speed_path[len(path) + 1:].split("."):
-            inner = inner.get(part, {}) if isinstance(inner, dict) else {}
-        for key in list(inner) if keys == "*" else keys:
-            inner.pop(key, None)
-    own = SPEED_KEYS.get(path, ())
-    for key in list(section) if own == "*" else own:
-        section.pop(key, None)
+        if speed_path == path or speed_path.startswith(path + "."):
+            inner = _section(section, speed_path[len(path) + 1:]) if speed_path != path else section
+            for key in list(inner) if keys == "*" else keys:
+                inner.pop(key, None)
     return section
 
 
