@@ -23,7 +23,7 @@ include: "workflow/rules/evaluation.smk"
 
 onsuccess:
     # checkpoints stay until the workflow succeeds: a job killed after its last step resumes at the end
-    from segdiff.checkpoints import remove_finished  # (torch: imported only here, not at every parse)
+    from segdiff.core.checkpoints import remove_finished  # (torch: imported only here, not at every parse)
 
     remove_finished(checkpoint_pairs())
 

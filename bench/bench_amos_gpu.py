@@ -2,8 +2,8 @@
 
 The last phantom case is held out: sampling draws k generations for its masks, and
 ``sample_std_across_k`` (per-pixel std across the k, averaged) shows whether they differ. The
-phantom also renders k oracle "second scans" of that case (``segdiff.oracle``, sliced like the
-case), so ``diversity_ratio`` (``segdiff.metrics``, as the workflow's table) relates the k
+phantom also renders k oracle "second scans" of that case (``segdiff.data.oracle``, sliced like the
+case), so ``diversity_ratio`` (``segdiff.evaluation.metrics``, as the workflow's table) relates the k
 generations' spread inside the organs to the true spread of p(image | mask): 1 = as diverse, 0 = none.
 
 Phantom CT cases (AMOS22 layout, NIfTI) -> ``write_case_shards`` at ``preprocess.image_size`` ->
@@ -29,19 +29,20 @@ import pandas as pd
 import torch
 import yaml
 
-from segdiff.config import validate_config
-from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
-from segdiff.figures import oracle_vs_generated_figure
-from segdiff.labels import load_label_map
-from segdiff.loader import loader_settings
-from segdiff.metrics import diversity, diversity_ratio
-from segdiff.oracle import gather_oracle, render_oracle, write_oracle
-from segdiff.phantom import write_phantom_dataset
-from segdiff.sampling import SamplerSettings, generate, sample_seed
-from segdiff.shards import write_case_shards
-from segdiff.store import SliceStore, write_subset
-from segdiff.training import TrainSettings, pick_device, use_bf16
-from segdiff.volumes import load_case
+from segdiff.pipeline.config import validate_config
+from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
+from segdiff.report.figures import oracle_vs_generated_figure
+from segdiff.core.labels import load_label_map
+from segdiff.data.loader import loader_settings
+from segdiff.evaluation.metrics import diversity, diversity_ratio
+from segdiff.data.oracle import gather_oracle, render_oracle, write_oracle
+from segdiff.sources.phantom import write_phantom_dataset
+from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
+from segdiff.data.shards import write_case_shards
+from segdiff.data.store import SliceStore, write_subset
+from segdiff.core.device import pick_device, use_bf16
+from segdiff.models.training import TrainSettings
+from segdiff.sources.volumes import load_case
 
 REPO = Path(__file__).resolve().parents[1]
 PHANTOM = {"shape": (96, 80, 48), "spacing": (4.0, 4.0, 6.0)}

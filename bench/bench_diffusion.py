@@ -33,10 +33,10 @@ import yaml
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from segdiff.config import validate_config
-from segdiff.diffusion import DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, diffusion_loss, make_scheduler
-from segdiff.sampling import SamplerSettings, generate
-from segdiff.training import pick_device
+from segdiff.pipeline.config import validate_config
+from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, diffusion_loss, make_scheduler
+from segdiff.sampling.samplers import SamplerSettings, generate
+from segdiff.core.device import pick_device
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 16

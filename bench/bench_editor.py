@@ -2,9 +2,9 @@
 
 A results folder with the default config's diffusion model (config/config.yaml: its architecture,
 scheduler, image size and sampler; untrained weights, which cost the same to run) and a phantom
-slice store is served by :func:`segdiff.editor.create_app`; a generate request (POST, then polling
+slice store is served by :func:`segdiff.editor.app.create_app`; a generate request (POST, then polling
 the job as the page does, every 50 ms) is timed against the reference: the same
-:func:`segdiff.sampling.generate` call made directly, in the same process. The ratio is the
+:func:`segdiff.sampling.samplers.generate` call made directly, in the same process. The ratio is the
 server's overhead.
 
     python bench/bench_editor.py [--k 4] [--repeats 5] [--json out.json]
@@ -25,16 +25,16 @@ import torch
 import yaml
 from fastapi.testclient import TestClient
 
-from segdiff.config import validate_config
-from segdiff.diffusion import DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, save_diffusion
-from segdiff.editor import create_app
-from segdiff.labels import load_label_map
-from segdiff.mask_io import encode_mask
-from segdiff.phantom import write_phantom_dataset
-from segdiff.sampling import SamplerSettings, generate, sample_seed
-from segdiff.shards import write_case_shards
-from segdiff.store import SliceStore, write_subset
-from segdiff.volumes import load_case
+from segdiff.pipeline.config import validate_config
+from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, save_diffusion
+from segdiff.editor.app import create_app
+from segdiff.core.labels import load_label_map
+from segdiff.editor.mask_io import encode_mask
+from segdiff.sources.phantom import write_phantom_dataset
+from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
+from segdiff.data.shards import write_case_shards
+from segdiff.data.store import SliceStore, write_subset
+from segdiff.sources.volumes import load_case
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def main(argv=None):
                 time.sleep(0.05)
             return time.perf_counter() - t0
 
-        from segdiff.diffusion import load_diffusion
+        from segdiff.models.diffusion import load_diffusion
 
         model, scheduler, _ = load_diffusion(root / "models/diffusion/ct_axial.pt")
         s = cfg["sampling"]

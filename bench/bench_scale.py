@@ -4,21 +4,21 @@ For each size in ``--sizes`` (training slices) at ``--image-size``:
 
 1. ``build``: synthetic per-case shards (cases of ``--slices-per-case`` slices; ~80 % of the
    cases ``train``, the rest ``test``, so the test set grows with the size too), written with
-   :meth:`segdiff.slicing.Shard.save`, then :func:`segdiff.store.write_subset` builds the manifest
+   :meth:`segdiff.data.slicing.Shard.save`, then :func:`segdiff.data.store.write_subset` builds the manifest
    and the slice store under ``--workdir``; the shards are deleted once the store exists
    (and the store once its size is measured, unless ``--keep``).
 2. one fresh subprocess per stage, so that each peak RSS (``VmHWM`` of ``/proc/self/status``,
    which counts the pages of the memory maps the process touched too) is that stage's alone:
 
-   - ``train``: ``--train-steps`` steps of :func:`segdiff.diffusion.fit_diffusion` on
+   - ``train``: ``--train-steps`` steps of :func:`segdiff.models.diffusion.fit_diffusion` on
      ``SliceStore([store], ["train"])`` with the default study's model (config/config.yaml; fused attention on) at
      the image size, batch 8, ``--workers`` loader workers; then a segmentor for 2 steps (for the
      evaluation); both saved;
-   - ``sample_eval``: :func:`segdiff.generation.sample_run` (multi-inference, DDIM 5 steps,
+   - ``sample_eval``: :func:`segdiff.sampling.experiments.sample_run` (multi-inference, DDIM 5 steps,
      eta 1, k 2, ``--max-slices`` test slices; ``--sample-steps`` DDIM steps, default 10: 5 steps
-     give NaN images, see the option's help), then :func:`segdiff.evaluation.evaluation_job`
+     give NaN images, see the option's help), then :func:`segdiff.evaluation.run.evaluation_job`
      on the same store;
-   - ``loader``: :func:`segdiff.loader.step_loader` throughput (``--loader-batches`` batches of
+   - ``loader``: :func:`segdiff.data.loader.step_loader` throughput (``--loader-batches`` batches of
      16, each batch's tensors reduced so every byte is read), workers=1 (per-worker rate) and
      workers=0 (in-process reference): first with the page cache as the build left it, then
      after ``posix_fadvise(DONTNEED)`` on the store's files (cold cache).
@@ -168,7 +168,7 @@ def case_shard(bank, case: int, n: int):
     rescaled per case (vectorised: a few array passes per case, no per-pixel noise)."""
     import numpy as np
 
-    from segdiff.slicing import Shard
+    from segdiff.data.slicing import Shard
 
     images, masks = bank
     order = (np.arange(n) + case) % len(images)
@@ -230,7 +230,7 @@ def stage_build(workdir: str, size: int, image_size: int, slices_per_case: int, 
     """
     import pandas as pd
 
-    from segdiff.store import write_subset
+    from segdiff.data.store import write_subset
 
     paths = store_paths(Path(workdir), size, image_size)
     for key in ("store", "manifest"):
@@ -285,7 +285,7 @@ def default_study() -> dict:
     """config/config.yaml validated (schema defaults filled in)."""
     import yaml
 
-    from segdiff.config import validate_config
+    from segdiff.pipeline.config import validate_config
 
     return validate_config(yaml.safe_load(CONFIG.read_text()), SCHEMA)
 
@@ -296,12 +296,13 @@ def stage_train(store: str, out_dir: str, steps: int = 20, batch_size: int = 8, 
     train split (CPU), both models saved into ``out_dir``."""
     import torch
 
-    from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
-    from segdiff.labels import load_label_map
-    from segdiff.loader import LoaderSettings
-    from segdiff.segmentor import SegmentorConfig, fit_segmentor, save_segmentor
-    from segdiff.store import SliceStore
-    from segdiff.training import TrainSettings, use_bf16
+    from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
+    from segdiff.core.labels import load_label_map
+    from segdiff.data.loader import LoaderSettings
+    from segdiff.models.segmentor import SegmentorConfig, fit_segmentor, save_segmentor
+    from segdiff.data.store import SliceStore
+    from segdiff.core.device import use_bf16
+    from segdiff.models.training import TrainSettings
 
     cfg, out = default_study(), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,8 +349,8 @@ def stage_train(store: str, out_dir: str, steps: int = 20, batch_size: int = 8, 
 def stage_sample_eval(store: str, model: str, segmentor: str, out_dir: str, max_slices: int = 16,
                       steps: int = 5, k: int = 2, seed: int = 0) -> dict:
     """The workflow's sampling job (multi-inference) then its evaluation job, on the store's test split."""
-    from segdiff.evaluation import evaluation_job
-    from segdiff.generation import sample_run
+    from segdiff.evaluation.run import evaluation_job
+    from segdiff.sampling.experiments import sample_run
 
     cfg, out = default_study(), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -404,8 +405,8 @@ def stage_loader(store: str, batches: int = 200, batch_size: int = 16, workers: 
     """img/s of :func:`step_loader` over the train split (no training: each batch is summed)."""
     import torch
 
-    from segdiff.loader import LoaderSettings, step_loader
-    from segdiff.store import SliceStore
+    from segdiff.data.loader import LoaderSettings, step_loader
+    from segdiff.data.store import SliceStore
 
     results = {"stage": "loader", "batches": batches, "batch_size": batch_size}
     for cache in ("warm", "cold") if cold else ("warm",):
@@ -571,7 +572,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-slices", type=int, default=16, help="test slices sampled and evaluated")
     p.add_argument("--sample-steps", type=int, default=10,
                    help="DDIM steps (eta 1) of the sampling stage; 5 gives NaN images with the default study's "
-                        "cosine schedule (segdiff.sampling.stochastic_step: sqrt of 1 - a_prev - sigma^2 = -6e-8 at t=999)")
+                        "cosine schedule (segdiff.sampling.samplers.stochastic_step: sqrt of 1 - a_prev - sigma^2 = -6e-8 at t=999)")
     p.add_argument("--loader-batches", type=int, default=200)
     p.add_argument("--no-cold", action="store_true", help="skip the cold-cache loader figures")
     p.add_argument("--threads", type=int, default=1, help="torch / BLAS threads of each stage (1-2: comparable runs)")

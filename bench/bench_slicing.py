@@ -24,11 +24,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from segdiff.labels import load_label_map
-from segdiff.phantom import generate_case, write_phantom_dataset
-from segdiff.shards import write_case_shards
-from segdiff.slicing import normalise, slice_volume
-from segdiff.volumes import load_case
+from segdiff.core.labels import load_label_map
+from segdiff.sources.phantom import generate_case, write_phantom_dataset
+from segdiff.data.shards import write_case_shards
+from segdiff.data.slicing import normalise, slice_volume
+from segdiff.sources.volumes import load_case
 
 PRE = dict(image_size=32, min_foreground=16, ct_window=(-175, 250), mri_percentiles=(0.5, 99.5), previews_per_case=1)
 VIEWS = ("axial", "coronal", "sagittal")

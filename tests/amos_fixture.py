@@ -2,7 +2,7 @@
 
 * :func:`make_amos_zip` writes a zip laid out like the real ``amos22.zip`` (top folder
   ``amos22/`` with ``dataset.json``, ``imagesTr``/``labelsTr``/``imagesVa``/``labelsVa``) from
-  small phantom volumes (:func:`segdiff.phantom.generate_case`).
+  small phantom volumes (:func:`segdiff.sources.phantom.generate_case`).
 * :func:`make_zip` writes a zip with arbitrary member names, symbolic links included (for the
   archive-safety tests).
 * :func:`serve` runs a ``ThreadingHTTPServer`` on 127.0.0.1 (ephemeral port) in a thread: files
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from segdiff.phantom import amos_labels, generate_case
+from segdiff.sources.phantom import amos_labels, generate_case
 
 AMOS_RECORD_ID = 7262581
 SMALL_SHAPE = (48, 40, 24)
@@ -129,7 +129,7 @@ def make_amos_zip(
     n_val_ct, n_val_mri : how many of them go to the ``validation`` list (``imagesVa``/``labelsVa``);
         the others go to ``training`` (``imagesTr``/``labelsTr``).
     mri_first : number of the first MRI case (>= 500).
-    shape, spacing, seed : phantom grid and seed (:func:`segdiff.phantom.generate_case`).
+    shape, spacing, seed : phantom grid and seed (:func:`segdiff.sources.phantom.generate_case`).
     top : top folder of every member (``amos22`` as in the real archive); None for a flat zip.
     extra : more members ``{name relative to top: bytes}``.
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
-from segdiff.labels import Remap, load_label_map
-from segdiff.phantom import write_phantom_dataset
-from segdiff.shards import write_case_shards
-from segdiff.store import SliceStore, write_subset
-from segdiff.training import TrainSettings
-from segdiff.volumes import load_case
+from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
+from segdiff.core.labels import Remap, load_label_map
+from segdiff.sources.phantom import write_phantom_dataset
+from segdiff.data.shards import write_case_shards
+from segdiff.data.store import SliceStore, write_subset
+from segdiff.models.training import TrainSettings
+from segdiff.sources.volumes import load_case
 
 IMAGE_SIZE = 32
 SEED = 3

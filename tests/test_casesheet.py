@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from conftest import CASES_SCHEMA
 
-from segdiff.casesheet import assign_splits, read_case_sheet, sheet_from_amos
-from segdiff.errors import InputError
+from segdiff.sources.casesheet import assign_splits, read_case_sheet, sheet_from_amos
+from segdiff.core.errors import InputError
 
 
 def write_sheet(tmp_path, rows, touch=True):

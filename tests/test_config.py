@@ -4,9 +4,9 @@ import pytest
 import yaml
 from conftest import CONFIG_SCHEMA, REPO
 
-from segdiff.config import coerce_strings, load_config, validate_config
-from segdiff.errors import ConfigError, InputError
-from segdiff.labels import load_label_map, load_remap
+from segdiff.pipeline.config import coerce_strings, load_config, validate_config
+from segdiff.core.errors import ConfigError, InputError
+from segdiff.core.labels import load_label_map, load_remap
 
 
 def test_default_config_is_valid_and_complete():

@@ -21,14 +21,14 @@ import torch
 from monai.losses import DiceCELoss
 from test_diffusion import TINY, tiny_slices
 
-import segdiff.training as training
-from segdiff.dataset import SliceSet
-from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
-from segdiff.distributed import (Rank, current_rank, is_main_process, job_world_size, launch, local_batch_size, should_launch,
+import segdiff.models.training as training
+from segdiff.data.dataset import SliceSet
+from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
+from segdiff.core.distributed import (Rank, current_rank, is_main_process, job_world_size, launch, local_batch_size, should_launch,
                                  under_torchrun)
-from segdiff.loader import StepBatches, step_loader
-from segdiff.segmentor import SegmentorConfig, batch_dice_ce, fit_segmentor
-from segdiff.training import TrainSettings
+from segdiff.data.loader import StepBatches, step_loader
+from segdiff.models.segmentor import SegmentorConfig, batch_dice_ce, fit_segmentor
+from segdiff.models.training import TrainSettings
 
 CPU = torch.device("cpu")
 DENOISER = DenoiserConfig(**TINY, use_flash_attention=False)

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-import segdiff.diffusion as diffusion
-import segdiff.training as training
-from segdiff.checkpoints import MODEL_FORMAT, save_file
-from segdiff.dataset import SliceSet
-from segdiff.diffusion import (DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, ablate_masks, make_scheduler, min_snr_weights, fit_diffusion,
+import segdiff.models.diffusion as diffusion
+import segdiff.models.training as training
+from segdiff.core.checkpoints import MODEL_FORMAT, save_file
+from segdiff.data.dataset import SliceSet
+from segdiff.models.diffusion import (DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, ablate_masks, make_scheduler, min_snr_weights, fit_diffusion,
                                load_diffusion, one_hot, save_diffusion)
-from segdiff.errors import InputError
-from segdiff.sampling import SamplerSettings, generate, initial_noise, sample_seed, stochastic_step
-from segdiff.training import TrainSettings, warmup_cosine
+from segdiff.core.errors import InputError
+from segdiff.sampling.samplers import SamplerSettings, generate, initial_noise, sample_seed, stochastic_step
+from segdiff.models.training import TrainSettings, warmup_cosine
 
 TINY = dict(num_classes=4, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4, num_head_channels=8)
 SCHED = SchedulerConfig(num_train_timesteps=50, prediction_type="sample")

@@ -1,4 +1,4 @@
-"""Tests of segdiff.download against a loopback HTTP server (no outside network access)."""
+"""Tests of segdiff.sources.download against a loopback HTTP server (no outside network access)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import nibabel as nib
 import pytest
 from amos_fixture import AMOS_RECORD_ID, make_amos_zip, make_zip, md5_hex, serve, serve_amos
 
-from segdiff import download as dl
-from segdiff.casesheet import sheet_from_amos
-from segdiff.errors import SegdiffError
+from segdiff.sources import download as dl
+from segdiff.sources.casesheet import sheet_from_amos
+from segdiff.core.errors import SegdiffError
 
 KEY = "amos22.zip"
 EXPECTED_MODALITY = {"amos_0001": "ct", "amos_0002": "ct", "amos_0540": "mri"}
@@ -149,7 +149,7 @@ def test_fetch_amos_end_to_end_gives_a_case_sheet(tmp_path, amos_zip):
 
 
 def test_license_and_citation_logged_before_the_first_file_request(tmp_path, amos_zip, caplog):
-    caplog.set_level(logging.INFO, logger="segdiff.download")
+    caplog.set_level(logging.INFO, logger="segdiff.sources.download")
     with serve_amos(amos_zip, license_id="test-licence-7.1", title="Licence probe") as amos:
         events = amos.server.events
 
@@ -158,11 +158,11 @@ def test_license_and_citation_logged_before_the_first_file_request(tmp_path, amo
                 events.append(("log", record.getMessage()))
 
         recorder = Recorder()
-        logging.getLogger("segdiff.download").addHandler(recorder)
+        logging.getLogger("segdiff.sources.download").addHandler(recorder)
         try:
             dl.fetch_amos(tmp_path, amos.api_url)
         finally:
-            logging.getLogger("segdiff.download").removeHandler(recorder)
+            logging.getLogger("segdiff.sources.download").removeHandler(recorder)
     assert "License: test-licence-7.1" in caplog.text  # read from the record, not written in the module
     assert "Cite as: Tester, Ada; Example, Bob (2022). Licence probe. Zenodo. https://doi.org/10.5281/zenodo.7262581" in caplog.text
     order = [e for e in events if e[0] == "request" or e[1].startswith(("License:", "Cite as:"))]

@@ -1,4 +1,4 @@
-"""The mask editor's HTTP API (segdiff.editor) on a tiny study (tests/editor_fixture.py), good and bad input."""
+"""The mask editor's HTTP API (segdiff.editor.app) on a tiny study (tests/editor_fixture.py), good and bad input."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from editor_fixture import IMAGE_SIZE, UNSEEN, build_results
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from segdiff.editor import EditorSettings, create_app
-from segdiff.mask_io import encode_mask
-from segdiff.store import SliceStore
+from segdiff.editor.app import EditorSettings, create_app
+from segdiff.editor.mask_io import encode_mask
+from segdiff.data.store import SliceStore
 
 
 @pytest.fixture(scope="module")

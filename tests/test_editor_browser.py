@@ -61,7 +61,7 @@ def server(tmp_path_factory):
     """(app, base URL) of the editor serving a tiny study, in a daemon thread of this process."""
     import uvicorn
 
-    from segdiff.editor import create_app
+    from segdiff.editor.app import create_app
 
     app = create_app(build_results(tmp_path_factory.mktemp("results")), device="cpu")
     port = _free_port()

@@ -10,14 +10,14 @@ import torch
 from test_diffusion import tiny_slices
 from test_fid_inception import fid_inception_state_dict
 
-from segdiff.dataset import SliceSet
-from segdiff.evaluation import METRIC_KEYS, evaluate_run, recompute_metrics
-from segdiff.fid_inception import InceptionFeatures
-from segdiff.frd import radiomics_features
-from segdiff.generation import read_generation
-from segdiff.labels import LabelMap
-from segdiff.oracle import write_oracle
-from segdiff.segmentor import SegmentorConfig, build_segmentor, predict, save_segmentor
+from segdiff.data.dataset import SliceSet
+from segdiff.evaluation.run import METRIC_KEYS, evaluate_run, recompute_metrics
+from segdiff.evaluation.features.fid import InceptionFeatures
+from segdiff.evaluation.features.radiomics import radiomics_features
+from segdiff.sampling.experiments import read_generation
+from segdiff.core.labels import LabelMap
+from segdiff.data.oracle import write_oracle
+from segdiff.models.segmentor import SegmentorConfig, build_segmentor, predict, save_segmentor
 
 LABELS = LabelMap({1: "liver", 2: "spleen", 3: "kidney"})
 

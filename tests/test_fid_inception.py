@@ -8,15 +8,15 @@ import pytorch_fid.inception as fid_inception
 import torch
 import torchvision
 
-from segdiff.errors import InputError
-from segdiff.fid_inception import (
+from segdiff.core.errors import InputError
+from segdiff.evaluation.features.fid import (
     FID_WEIGHTS_NAME,
     FID_WEIGHTS_URL,
     InceptionFeatures,
     find_inception_weights,
     load_inception,
 )
-from segdiff.weights import WeightsUnavailable
+from segdiff.sources.weights import WeightsUnavailable
 
 # --------------------------------------------------------------------------- Inception weights
 
@@ -59,7 +59,7 @@ def test_missing_weights_name_where_they_were_looked_for(empty_hub, tmp_path):
     with pytest.raises(WeightsUnavailable) as err:
         find_inception_weights()
     message = str(err.value)
-    assert str(hub_file) in message and "python -m segdiff.weights fetch fid-inception" in message and fid_inception.FID_WEIGHTS_URL in message
+    assert str(hub_file) in message and "python -m segdiff.sources.weights fetch fid-inception" in message and fid_inception.FID_WEIGHTS_URL in message
     configured = tmp_path / "elsewhere" / "inception.pth"
     with pytest.raises(WeightsUnavailable) as err:
         load_inception(configured)

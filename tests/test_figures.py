@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segdiff.figures import (generations_panel_figure, label_colormap, loss_panels_figure,
+from segdiff.report.figures import (generations_panel_figure, label_colormap, loss_panels_figure,
                              oracle_vs_generated_figure)
-from segdiff.labels import LabelMap
+from segdiff.core.labels import LabelMap
 
 LABELS = LabelMap({i: f"organ{i}" for i in range(1, 16)})
 

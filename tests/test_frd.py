@@ -8,7 +8,7 @@ from frd_score import frd as frd_lib
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from segdiff.frd import frd, frd_from_features, radiomics_features
+from segdiff.evaluation.features.radiomics import frd, frd_from_features, radiomics_features
 
 NOISE_LEVELS = (0.02, 0.05, 0.1)
 
@@ -102,7 +102,7 @@ def test_frd_validates_its_input(real):
 
 
 def test_dominant_feature_finds_a_feature_constant_in_the_real_set():
-    from segdiff.frd import dominant_feature
+    from segdiff.evaluation.features.radiomics import dominant_feature
 
     rng = np.random.default_rng(0)
     real, generated = rng.normal(size=(20, 5)), rng.normal(size=(20, 5))

@@ -5,10 +5,10 @@ import torch
 import pytest
 from test_diffusion import SCHED, perturbed_model, tiny_slices
 
-from segdiff.dataset import stratified_subset
-from segdiff.diffusion import save_diffusion
-from segdiff.generation import read_generation, run_generation
-from segdiff.sampling import SamplerSettings
+from segdiff.data.dataset import stratified_subset
+from segdiff.models.diffusion import save_diffusion
+from segdiff.sampling.experiments import read_generation, run_generation
+from segdiff.sampling.samplers import SamplerSettings
 
 
 def model_file(tmp_path, classes_seen):

@@ -7,8 +7,8 @@ import copy
 import pytest
 from conftest import CONFIG_SCHEMA, REPO
 
-from segdiff.config import load_config
-from segdiff.job_params import (SPEED_KEYS, diffusion_params, preprocess_params, recorded_config, sampling_params, segmentor_params,
+from segdiff.pipeline.config import load_config
+from segdiff.pipeline.job_params import (SPEED_KEYS, diffusion_params, preprocess_params, recorded_config, sampling_params, segmentor_params,
                                 speed_settings)
 
 

@@ -10,8 +10,8 @@ import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-import segdiff.metrics as metrics
-from segdiff.metrics import (
+import segdiff.evaluation.metrics as metrics
+from segdiff.evaluation.metrics import (
     DiceAccumulator,
     GaussianStats,
     dice_per_slice,

@@ -4,13 +4,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segdiff.errors import InputError
-from segdiff.labels import load_label_map
-from segdiff.metrics import diversity_ratio
-from segdiff.oracle import gather_oracle, read_oracle, render_oracle, write_oracle
-from segdiff.phantom import generate_case
-from segdiff.slicing import normalise, slice_volume
-from segdiff.volumes import load_case
+from segdiff.core.errors import InputError
+from segdiff.core.labels import load_label_map
+from segdiff.evaluation.metrics import diversity_ratio
+from segdiff.data.oracle import gather_oracle, read_oracle, render_oracle, write_oracle
+from segdiff.sources.phantom import generate_case
+from segdiff.data.slicing import normalise, slice_volume
+from segdiff.sources.volumes import load_case
 
 SHAPE, SPACING = (48, 40, 24), (8.0, 8.0, 12.0)
 PHANTOM = {"shape": list(SHAPE), "spacing": list(SPACING)}

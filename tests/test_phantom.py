@@ -1,4 +1,4 @@
-"""Tests of the synthetic AMOS-layout phantom (segdiff.phantom)."""
+"""Tests of the synthetic AMOS-layout phantom (segdiff.sources.phantom)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
-from segdiff import phantom as ph
+from segdiff.sources import phantom as ph
 
 SMALL = (48, 40, 24)
 SMALL_SP = (8.0, 8.0, 12.0)

@@ -10,8 +10,8 @@ import torchvision.models as models
 import torchvision.transforms as transforms
 from PIL import Image
 
-from segdiff.errors import InputError
-from segdiff.poster_inception import (
+from segdiff.core.errors import InputError
+from segdiff.evaluation.features.poster import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     POSTER_WEIGHTS_NAME,
@@ -19,8 +19,8 @@ from segdiff.poster_inception import (
     load_poster_inception,
     poster_preprocess,
 )
-from segdiff.poster_metrics import to_uint8_generated
-from segdiff.weights import WeightsUnavailable
+from segdiff.evaluation.poster import to_uint8_generated
+from segdiff.sources.weights import WeightsUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_missing_or_foreign_weights(empty_hub, tmp_path):
         PosterInceptionFeatures()
     message = str(err.value)
     hub_file = empty_hub / "checkpoints" / POSTER_WEIGHTS_NAME
-    assert str(hub_file) in message and "python -m segdiff.weights fetch torchvision-inception" in message
+    assert str(hub_file) in message and "python -m segdiff.sources.weights fetch torchvision-inception" in message
     assert models.Inception_V3_Weights.IMAGENET1K_V1.url in message
     configured = tmp_path / "configured.pth"
     with pytest.raises(WeightsUnavailable, match=str(configured)):

@@ -11,7 +11,7 @@ from monai.losses import DiceLoss
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from segdiff.poster_metrics import (
+from segdiff.evaluation.poster import (
     POSTER_DICE_LOSS_ARGS,
     poster_dice,
     poster_psnr,

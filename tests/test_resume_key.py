@@ -14,10 +14,10 @@ import pytest
 import torch
 from test_store import make_subset
 
-from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
-from segdiff.segmentor import SegmentorConfig, fit_segmentor
-from segdiff.store import SliceStore
-from segdiff.training import TrainSettings, key_differences, resume_key
+from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
+from segdiff.models.segmentor import SegmentorConfig, fit_segmentor
+from segdiff.data.store import SliceStore
+from segdiff.models.training import TrainSettings, key_differences, resume_key
 
 CPU = torch.device("cpu")
 DENOISER = DenoiserConfig(num_classes=4, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4,

@@ -13,14 +13,14 @@ import pytest
 from test_diffusion import SCHED, perturbed_model
 from test_workflow import TINY, TINY_MODEL, job_counts, snakemake
 
-from segdiff.diffusion import save_diffusion
-from segdiff.errors import InputError
-from segdiff.chunks import chunk_bounds, scatter_item
-from segdiff.generation import (gather_run, merge_chunks, read_generation, sample_chunk, sample_run,
+from segdiff.models.diffusion import save_diffusion
+from segdiff.core.errors import InputError
+from segdiff.sampling.chunks import chunk_bounds, scatter_item
+from segdiff.sampling.experiments import (gather_run, merge_chunks, read_generation, sample_chunk, sample_run,
                                 subset_index)
-from segdiff.shards import build_manifest
-from segdiff.slicing import Shard
-from segdiff.store import SliceStore, write_store
+from segdiff.data.shards import build_manifest
+from segdiff.data.slicing import Shard
+from segdiff.data.store import SliceStore, write_store
 
 SAMPLING = {"sampler": "ddim", "steps": 2, "eta": 1.0, "batch_size": 4, "k": 2}  # batch blocks of 2 slices
 MAX_SLICES = 9

@@ -5,11 +5,11 @@ import pytest
 import torch
 from test_diffusion import tiny_slices
 
-from segdiff.errors import InputError
-from segdiff.diffusion import load_diffusion
-from segdiff.metrics import DiceAccumulator
-from segdiff.segmentor import SegmentorConfig, fit_segmentor, load_segmentor, predict, save_segmentor
-from segdiff.training import TrainSettings
+from segdiff.core.errors import InputError
+from segdiff.models.diffusion import load_diffusion
+from segdiff.evaluation.metrics import DiceAccumulator
+from segdiff.models.segmentor import SegmentorConfig, fit_segmentor, load_segmentor, predict, save_segmentor
+from segdiff.models.training import TrainSettings
 
 CONFIG = SegmentorConfig(num_classes=4, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
 

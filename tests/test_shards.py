@@ -11,12 +11,12 @@ import pytest
 from conftest import ras_pair
 from PIL import Image
 
-import segdiff.shards as shards_mod
-import segdiff.slicing as slicing
-from segdiff.atomic import atomic_dir, atomic_path
-from segdiff.shards import build_manifest, preview_indices, read_shard, write_case_shards
-from segdiff.slicing import slice_volume
-from segdiff.volumes import Volume
+import segdiff.data.shards as shards_mod
+import segdiff.data.slicing as slicing
+from segdiff.core.atomic import atomic_dir, atomic_path
+from segdiff.data.shards import build_manifest, preview_indices, read_shard, write_case_shards
+from segdiff.data.slicing import slice_volume
+from segdiff.sources.volumes import Volume
 
 PRE = dict(image_size=24, min_foreground=4, ct_window=(-175, 250), mri_percentiles=(0.5, 99.5), previews_per_case=2)
 

@@ -9,9 +9,9 @@ from PIL import Image
 import torch
 import torch.nn.functional as F
 
-from segdiff.shards import write_case_shards
-from segdiff.slicing import fitted_shape, normalise_ct, normalise_mri, resize_stack, slice_volume, view_stack
-from segdiff.volumes import Volume
+from segdiff.data.shards import write_case_shards
+from segdiff.data.slicing import fitted_shape, normalise_ct, normalise_mri, resize_stack, slice_volume, view_stack
+from segdiff.sources.volumes import Volume
 
 
 def test_ct_window_maps_to_unit_interval():

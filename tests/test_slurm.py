@@ -22,10 +22,10 @@ from conftest import REPO
 from slurm_cluster import LoopbackSlurm
 from test_workflow import TINY, TINY_MODEL, hermetic_env, snakemake
 
-from segdiff.checkpoints import CHECKPOINT_FORMAT, load_file
-from segdiff.diffusion import load_diffusion
-from segdiff.generation import read_generation, sample_run
-from segdiff.job_memory import train_mem_mb
+from segdiff.core.checkpoints import CHECKPOINT_FORMAT, load_file
+from segdiff.models.diffusion import load_diffusion
+from segdiff.sampling.experiments import read_generation, sample_run
+from segdiff.pipeline.job_memory import train_mem_mb
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 

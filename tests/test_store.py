@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-import segdiff.training as training
-from segdiff.checkpoints import remove_finished
-from segdiff.dataset import stratified_subset
-from segdiff.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
-from segdiff.errors import InputError
-from segdiff.loader import LoaderSettings, StepBatches, step_loader
-from segdiff.shards import build_manifest, read_shard
-from segdiff.slicing import Shard
-from segdiff.store import SliceStore, write_store
-from segdiff.training import TrainSettings
+import segdiff.models.training as training
+from segdiff.core.checkpoints import remove_finished
+from segdiff.data.dataset import stratified_subset
+from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
+from segdiff.core.errors import InputError
+from segdiff.data.loader import LoaderSettings, StepBatches, step_loader
+from segdiff.data.shards import build_manifest, read_shard
+from segdiff.data.slicing import Shard
+from segdiff.data.store import SliceStore, write_store
+from segdiff.models.training import TrainSettings
 
 SPLITS = {"c0": "train", "c1": "train", "c2": "val", "c3": "test", "c4": "test"}
 
@@ -170,8 +170,8 @@ def test_a_failure_at_any_write_position_of_a_subset_leaves_nothing(tmp_path, mo
     """write_subset writes the store folder and then the manifest: fail each write, chmod and rename in turn."""
     import os
 
-    import segdiff.atomic as atomic
-    import segdiff.store as store_module
+    import segdiff.core.atomic as atomic
+    import segdiff.data.store as store_module
 
     manifest, store_dir = make_subset(tmp_path / "src")
     rows = manifest[["case", "modality", "split"]]

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from segdiff.tables import ROWS, build_tables, run_label, table_notes, write_tables
+from segdiff.report.tables import ROWS, build_tables, run_label, table_notes, write_tables
 
 
 def metrics(label, psnr, fid):

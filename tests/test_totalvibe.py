@@ -15,13 +15,13 @@ from amos_fixture import serve
 from nnunet_model import write_tiny_totalvibe_model
 from test_workflow import TINY_MODEL, snakemake
 
-from segdiff.diffusion import load_diffusion
-from segdiff.errors import WeightsUnavailable
-from segdiff.labels import load_label_map, load_remap
-from segdiff.phantom import write_phantom_dataset
-from segdiff.segmentor import load_segmentor
-from segdiff.shards import read_shard
-from segdiff.totalvibe import DATASET_ID, FETCH_HINT, WEIGHTS_ENV, find_model, label_disagreements, model_labels, segment_volume
+from segdiff.models.diffusion import load_diffusion
+from segdiff.core.errors import WeightsUnavailable
+from segdiff.core.labels import load_label_map, load_remap
+from segdiff.sources.phantom import write_phantom_dataset
+from segdiff.models.segmentor import load_segmentor
+from segdiff.data.shards import read_shard
+from segdiff.sources.totalvibe import DATASET_ID, FETCH_HINT, WEIGHTS_ENV, find_model, label_disagreements, model_labels, segment_volume
 
 TOTALVIBE = load_label_map("totalvibe")
 AMOS = load_label_map("amos15")
@@ -152,7 +152,7 @@ def test_tiny_model_runs_the_real_inference_path(tiny_model, phantom_ct, tmp_pat
 
 
 def test_unreadable_image_names_the_file_before_loading_the_model(tiny_model, tmp_path, monkeypatch):
-    from segdiff.errors import InputError
+    from segdiff.core.errors import InputError
 
     monkeypatch.setenv(WEIGHTS_ENV, str(tiny_model[0]))
     bad = tmp_path / "bad.nii.gz"
@@ -163,7 +163,7 @@ def test_unreadable_image_names_the_file_before_loading_the_model(tiny_model, tm
 
 
 def test_model_dataset_json_is_checked(tmp_path):
-    from segdiff.errors import InputError
+    from segdiff.core.errors import InputError
 
     (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}}))
     with pytest.raises(InputError, match="dataset.json: not an nnU-Net v2 dataset.json with a 'labels' table"):

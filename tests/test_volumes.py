@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import ras_pair, save, to_lps
 
-from segdiff.errors import InputError
-from segdiff.labels import load_label_map, load_remap
-from segdiff.volumes import load_case
+from segdiff.core.errors import InputError
+from segdiff.core.labels import load_label_map, load_remap
+from segdiff.sources.volumes import load_case
 
 AMOS = load_label_map("amos15")
 

@@ -13,9 +13,9 @@ import torch
 from pytorch_fid.inception import FID_WEIGHTS_URL
 from torchvision.models import Inception_V3_Weights
 
-import segdiff.weights as weights
-from segdiff.errors import InputError
-from segdiff.weights import KNOWN_WEIGHTS, WeightsUnavailable, fetch_weights, find_weights, read_state_dict
+import segdiff.sources.weights as weights
+from segdiff.core.errors import InputError
+from segdiff.sources.weights import KNOWN_WEIGHTS, WeightsUnavailable, fetch_weights, find_weights, read_state_dict
 
 
 
@@ -37,7 +37,7 @@ def test_missing_known_weights_name_where_they_were_looked_for(key, empty_hub, t
         with pytest.raises(WeightsUnavailable) as err:
             find_weights(name)
         message = str(err.value)
-        assert str(hub_file) in message and f"python -m segdiff.weights fetch {key}" in message and known.url in message
+        assert str(hub_file) in message and f"python -m segdiff.sources.weights fetch {key}" in message and known.url in message
     configured = tmp_path / "elsewhere" / "weights.pth"
     with pytest.raises(WeightsUnavailable) as err:
         find_weights(key, configured)

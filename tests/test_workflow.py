@@ -18,9 +18,9 @@ import torch
 import yaml
 from conftest import REPO, TOTALSEG, ras_pair, save
 
-from segdiff.diffusion import load_diffusion
-from segdiff.generation import read_generation
-from segdiff.shards import read_shard
+from segdiff.models.diffusion import load_diffusion
+from segdiff.sampling.experiments import read_generation
+from segdiff.data.shards import read_shard
 from monai.losses import DiceLoss
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 

@@ -1,4 +1,4 @@
-"""The ``segdiff`` command: ``segdiff serve`` starts the mask editor (:mod:`segdiff.editor`)."""
+"""The ``segdiff`` command: ``segdiff serve`` starts the mask editor (:mod:`segdiff.editor.app`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segdiff.errors import SegdiffError
+from segdiff.core.errors import SegdiffError
 
 __all__ = ["main"]
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    from segdiff.editor import create_app
+    from segdiff.editor.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -4,18 +4,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from segdiff.casesheet import assign_splits, read_case_sheet, sheet_from_amos, validate_case_sheet
-from segdiff.chunks import largest_chunk, scatter_item
-from segdiff.config import parse_run, validate_config
-from segdiff.download import AMOS_FOLDER
-from segdiff.errors import ConfigError
-from segdiff.labels import load_label_map, load_remap
-from segdiff.phantom import phantom_cases
-from segdiff.slicing import slice_views
-from segdiff.job_params import diffusion_params, preprocess_params, recorded_config, sampling_params, segmentor_params
-from segdiff.job_memory import cpu_activations_mb, evaluate_mem_mb, sample_mem_mb, slices_bound, train_mem_mb
-from segdiff.tables import run_label
-from segdiff.totalvibe import find_model as find_totalvibe_model
+from segdiff.sources.casesheet import assign_splits, read_case_sheet, sheet_from_amos, validate_case_sheet
+from segdiff.sampling.chunks import largest_chunk, scatter_item
+from segdiff.pipeline.config import parse_run, validate_config
+from segdiff.sources.download import AMOS_FOLDER
+from segdiff.core.errors import ConfigError
+from segdiff.core.labels import load_label_map, load_remap
+from segdiff.sources.phantom import phantom_cases
+from segdiff.data.slicing import slice_views
+from segdiff.pipeline.job_params import diffusion_params, preprocess_params, recorded_config, sampling_params, segmentor_params
+from segdiff.pipeline.job_memory import cpu_activations_mb, evaluate_mem_mb, sample_mem_mb, slices_bound, train_mem_mb
+from segdiff.report.tables import run_label
+from segdiff.sources.totalvibe import find_model as find_totalvibe_model
 
 REPO = Path(workflow.basedir)
 validate_config(config, REPO / "config/schemas/config.schema.yaml")
@@ -193,7 +193,7 @@ CPU_CHANNELS = {"diffusion": config["diffusion"]["model"]["channels"][0] if ON_C
 
 
 #: processes of a training job: one per GPU, data-parallel, when compute.gpus > 1 (as
-#: segdiff.distributed.job_world_size decides inside the job; the planning node may have no GPU)
+#: segdiff.core.distributed.job_world_size decides inside the job; the planning node may have no GPU)
 TRAIN_PROCESSES = COMPUTE["gpus"] if COMPUTE["gpus"] > 1 and COMPUTE["device"] != "cpu" else 1
 #: GPUs of a job that runs on one device (sampling, evaluation): more GPUs mean more chunk jobs side by side
 JOB_GPUS = min(COMPUTE["gpus"], 1)

@@ -34,7 +34,7 @@ rule train_diffusion:
 
 
 # Sampling is scattered over sampling.chunks jobs per run (Snakemake's scattergather; `--set-scatter
-# sample=N` overrides it): chunk i-of-n samples part i of the run's test subset (segdiff.chunks.chunk_bounds)
+# sample=N` overrides it): chunk i-of-n samples part i of the run's test subset (segdiff.sampling.chunks.chunk_bounds)
 # into a temporary chunk file, and the gather job merges the parts into the files the evaluation reads,
 # equal to one job's. With chunks 1: one sampling job and a light gather.
 scattergather:

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from segdiff.download import fetch_amos
-from segdiff.runtime import run_script
+from segdiff.sources.download import fetch_amos
+from segdiff.pipeline.runtime import run_script
 
 
 def main():

@@ -1,5 +1,5 @@
-from segdiff.evaluation import evaluation_job
-from segdiff.runtime import run_script
+from segdiff.evaluation.run import evaluation_job
+from segdiff.pipeline.runtime import run_script
 
 
 def main():

@@ -1,11 +1,11 @@
 import json
 from pathlib import Path
 
-from segdiff.figures import dice_per_organ_figure, generations_panel_figure, loss_panels_figure, metrics_by_run_figure
-from segdiff.generation import read_generation
-from segdiff.labels import load_label_map
-from segdiff.runtime import run_script
-from segdiff.tables import run_label
+from segdiff.report.figures import dice_per_organ_figure, generations_panel_figure, loss_panels_figure, metrics_by_run_figure
+from segdiff.sampling.experiments import read_generation
+from segdiff.core.labels import load_label_map
+from segdiff.pipeline.runtime import run_script
+from segdiff.report.tables import run_label
 
 ROW_NAMES = {"reconstruction": "Reconstruction", "multi_inference": "Multi-inference", "multimodal": "Multi-modal"}
 LOSS_PANELS = {"diffusion": "diffusion models (MSE of the prediction target)", "segmentor": "auxiliary segmentors (Dice + CE)"}

@@ -1,5 +1,5 @@
-from segdiff.generation import gather_run
-from segdiff.runtime import run_script
+from segdiff.sampling.experiments import gather_run
+from segdiff.pipeline.runtime import run_script
 
 
 def main():

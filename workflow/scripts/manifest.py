@@ -1,7 +1,7 @@
 import pandas as pd
 
-from segdiff.runtime import run_script
-from segdiff.store import write_subset
+from segdiff.pipeline.runtime import run_script
+from segdiff.data.store import write_subset
 
 
 def main():

@@ -1,5 +1,5 @@
-from segdiff.oracle import case_oracle
-from segdiff.runtime import run_script
+from segdiff.data.oracle import case_oracle
+from segdiff.pipeline.runtime import run_script
 
 
 def main():

@@ -1,6 +1,6 @@
-from segdiff.figures import oracle_figure_from_evaluation
-from segdiff.labels import load_label_map
-from segdiff.runtime import run_script
+from segdiff.report.figures import oracle_figure_from_evaluation
+from segdiff.core.labels import load_label_map
+from segdiff.pipeline.runtime import run_script
 
 
 def main():

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from segdiff.phantom import write_phantom_dataset
-from segdiff.runtime import run_script
+from segdiff.sources.phantom import write_phantom_dataset
+from segdiff.pipeline.runtime import run_script
 
 
 def main():

@@ -1,7 +1,7 @@
-from segdiff.chunks import scatter_item
-from segdiff.generation import sample_chunk
-from segdiff.job_params import speed_settings
-from segdiff.runtime import run_script
+from segdiff.sampling.chunks import scatter_item
+from segdiff.sampling.experiments import sample_chunk
+from segdiff.pipeline.job_params import speed_settings
+from segdiff.pipeline.runtime import run_script
 
 
 def main():

@@ -1,10 +1,10 @@
 import logging
 from pathlib import Path
 
-from segdiff.labels import load_label_map, load_remap
-from segdiff.runtime import run_script
-from segdiff.shards import write_case_shards
-from segdiff.volumes import load_case
+from segdiff.core.labels import load_label_map, load_remap
+from segdiff.pipeline.runtime import run_script
+from segdiff.data.shards import write_case_shards
+from segdiff.sources.volumes import load_case
 
 
 def main():

@@ -1,5 +1,5 @@
-from segdiff.runtime import run_script
-from segdiff.tables import table_notes, write_tables
+from segdiff.pipeline.runtime import run_script
+from segdiff.report.tables import table_notes, write_tables
 
 
 def main():

@@ -1,11 +1,12 @@
-from segdiff.distributed import is_main_process, job_world_size
-from segdiff.job_params import speed_settings
-from segdiff.labels import load_label_map
-from segdiff.loader import loader_settings
-from segdiff.runtime import run_script
-from segdiff.segmentor import SegmentorConfig, fit_segmentor, save_segmentor
-from segdiff.store import SliceStore
-from segdiff.training import TrainSettings, pick_device, use_bf16, write_history
+from segdiff.core.distributed import is_main_process, job_world_size
+from segdiff.pipeline.job_params import speed_settings
+from segdiff.core.labels import load_label_map
+from segdiff.data.loader import loader_settings
+from segdiff.pipeline.runtime import run_script
+from segdiff.models.segmentor import SegmentorConfig, fit_segmentor, save_segmentor
+from segdiff.data.store import SliceStore
+from segdiff.core.device import pick_device, use_bf16
+from segdiff.models.training import TrainSettings, write_history
 
 
 def main():

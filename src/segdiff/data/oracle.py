@@ -1,0 +1,146 @@
+"""Oracle renders: k "second scans" of a phantom test case, sliced exactly like the real data.
+
+The phantom knows what no real dataset does: the true conditional distribution of an image given
+its anatomy. :func:`segdiff.sources.phantom.generate_case` with ``render = r >= 1`` keeps the anatomy (and
+so the label volume, bit for bit) and redraws everything else: contrast phase, tissue intensity
+jitter, texture, blur, noise, MRI gain and bias field. Each render goes through the same NIfTI
+writing, loading (:func:`segdiff.sources.volumes.load_case`), normalisation and slicing
+(:func:`segdiff.data.slicing.slice_volume`) as the case itself, so render r of a slice is what a
+perfect generator could have produced for that slice's mask.
+
+Oracle file ``results/oracle/{modality}/{view}/{case}.npz``: ``image`` float32 (N, k, H, W) in
+[0, 1], ``mask`` uint8 (N, H, W), ``slice`` int32 (N,) — the same slices, in the same order, as
+the case's shard of that view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from segdiff.core.atomic import atomic_path
+from segdiff.core.errors import InputError
+from segdiff.core.labels import LabelMap, load_label_map
+from segdiff.sources.phantom import generate_case
+from segdiff.data.slicing import normalise, slice_volume
+from segdiff.sources.volumes import load_case
+
+__all__ = ["render_oracle", "write_oracle", "read_oracle", "gather_oracle", "case_oracle"]
+
+
+def render_oracle(
+    case: str,
+    contrast: str,
+    label_path: str | Path,
+    phantom: Mapping,
+    seed: int,
+    k: int,
+    labels: LabelMap,
+    views: Sequence[str],
+    *,
+    image_size: int,
+    min_foreground: int,
+    ct_window: Sequence[float],
+    mri_percentiles: Sequence[float],
+) -> dict[str, dict[str, np.ndarray]]:
+    """``k`` oracle renders of one phantom case in ``contrast``, sliced in each of ``views``.
+
+    Each render (``render = 1..k`` of :func:`segdiff.sources.phantom.generate_case`) is written as NIfTI
+    and read back with the case's own label file ``label_path`` through
+    :func:`segdiff.sources.volumes.load_case`, so slice selection and resizing are those of the case's
+    shards. ``contrast`` may differ from the case's modality: an MRI render of a CT case is the
+    ground truth of the multi-modal experiment (CT mask -> MRI image).
+
+    Returns ``{view: {"image": (N, k, H, W), "mask": (N, H, W), "slice": (N,)}}``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    shape, spacing = tuple(phantom["shape"]), tuple(phantom["spacing"])
+    per_view: dict[str, list] = {view: [] for view in views}
+    with tempfile.TemporaryDirectory(prefix="segdiff-oracle-") as tmp:
+        for r in range(1, k + 1):
+            image, _ = generate_case(case, contrast, shape, spacing, seed, render=r)
+            path = Path(tmp) / f"{case}_{r}.nii.gz"
+            nib.save(image, path)
+            volume = load_case(path, label_path, labels)
+            normalised = normalise(volume.image, contrast, ct_window, mri_percentiles, out=volume.image)
+            for view in views:
+                per_view[view].append(slice_volume(volume, contrast, view, image_size, min_foreground, normalised=normalised))
+            path.unlink()
+    out = {}
+    for view, shards in per_view.items():
+        out[view] = {"image": np.stack([s.image for s in shards], axis=1), "mask": shards[0].mask, "slice": shards[0].slice}
+    return out
+
+
+def write_oracle(renders: Mapping[str, Mapping[str, np.ndarray]], paths: Mapping[str, str | Path]) -> None:
+    """Write each view's renders (:func:`render_oracle`) to its ``.npz``; all files appear together."""
+    with contextlib.ExitStack() as pending:
+        for view, arrays in renders.items():
+            np.savez(pending.enter_context(atomic_path(paths[view])), **arrays)
+
+
+def read_oracle(path: str | Path) -> dict[str, np.ndarray]:
+    """Load an oracle file, checking its contract."""
+    try:
+        with np.load(path) as z:
+            arrays = {key: z[key] for key in ("image", "mask", "slice")}
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(path, f"not an oracle file ({err})") from err
+    n, _, h, w = arrays["image"].shape
+    if arrays["mask"].shape != (n, h, w) or arrays["slice"].shape != (n,):
+        raise InputError(path, f"inconsistent shapes image {arrays['image'].shape}, mask {arrays['mask'].shape}")
+    return arrays
+
+
+def gather_oracle(files: Sequence[str | Path], case: np.ndarray, view: np.ndarray, slice_: np.ndarray,
+                  mask: np.ndarray | None = None, ignore: Sequence[int] = ()) -> np.ndarray:
+    """Oracle renders (N, k, H, W) for the slices identified by ``case``, ``view``, ``slice_`` (N,).
+
+    ``files`` are oracle files ``.../{view}/{case}.npz``. With ``mask``, each slice's oracle mask
+    must equal it once the ids in ``ignore`` are set to background (the renders and the
+    generations must share their anatomy; multi-modal runs drop organs the model never saw).
+    """
+    files = {(Path(f).stem, Path(f).parent.name): f for f in files}
+    out = None
+    covered = np.zeros(len(case), bool)
+    for (c, v), path in files.items():
+        rows = np.flatnonzero((case == c) & (view == v))
+        if not len(rows):
+            continue
+        oracle = read_oracle(path)
+        index = {int(s): i for i, s in enumerate(oracle["slice"])}
+        missing = [int(s) for s in slice_[rows] if int(s) not in index]
+        if missing:
+            raise InputError(path, f"no oracle render of slice(s) {missing[:5]} of {c} ({v})")
+        take = np.array([index[int(s)] for s in slice_[rows]])
+        oracle_mask = oracle["mask"][take]
+        if len(ignore):
+            oracle_mask = np.where(np.isin(oracle_mask, list(ignore)), 0, oracle_mask)
+        if mask is not None and not np.array_equal(oracle_mask, mask[rows]):
+            raise InputError(path, f"oracle masks of {c} ({v}) differ from the generations' masks")
+        if out is None:
+            out = np.zeros((len(case), *oracle["image"].shape[1:]), np.float32)
+        out[rows] = oracle["image"][take]
+        covered[rows] = True
+    if out is None or not covered.all():
+        first = np.flatnonzero(~covered)[0] if len(case) else 0
+        raise InputError(", ".join(map(str, files.values())) or "oracle",
+                         f"no oracle file for {case[first] if len(case) else '?'} ({view[first] if len(case) else '?'})")
+    return out
+
+
+def case_oracle(case: str, contrast: str, label_path: str | Path, phantom: Mapping, seed: int, k: int, labels: str,
+                preprocess: Mapping, outputs: Sequence[str | Path]) -> None:
+    """The workflow's oracle job: renders of one case written to ``outputs`` (``.../{view}/{case}.npz``).
+    ``preprocess`` needs only the intensity setting of ``contrast`` (``ct_window`` or ``mri_percentiles``)."""
+    paths = {Path(p).parent.name: p for p in outputs}
+    renders = render_oracle(case, contrast, label_path, phantom, seed, k, load_label_map(labels), list(paths),
+                            image_size=preprocess["image_size"], min_foreground=preprocess["min_foreground"],
+                            ct_window=preprocess.get("ct_window"), mri_percentiles=preprocess.get("mri_percentiles"))
+    write_oracle(renders, paths)

@@ -1,0 +1,222 @@
+"""The slice store: one uncompressed ``.npy`` array per subset (modality x view), read by row.
+
+Written once after slicing, next to the subset's manifest, from its per-case shards:
+
+``results/slices/{modality}/{view}/store/``
+    ``image.npy``  float32 (N, H, W) in [0, 1], the shards' images in manifest order
+    ``mask.npy``   uint8 (N, H, W) label ids
+    ``index.tsv``  one row per slice: ``case``, ``split``, ``slice`` (index along the view axis)
+    ``classes.json``  label ids present in each case's masks
+
+Training, sampling and evaluation open it (:class:`SliceStore`) and read only the rows they need
+with ``os.pread``, so their memory is O(batch) (or O(``evaluation.max_slices``)), never
+O(dataset): the operating system's page cache, not the process, holds what was read. (Indexing a
+memory map would not do: the kernel maps the pages around every row touched, and the reader's
+resident memory grows towards the size of what it has read.)
+Writing appends one shard at a time to the files (memory O(shard)); the folder appears whole
+or not at all (:func:`segdiff.core.atomic.atomic_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from numpy.lib.format import dtype_to_descr, write_array_header_1_0
+
+from segdiff.core.atomic import atomic_dir, atomic_path
+from segdiff.data.dataset import SliceSet, stratified_subset
+from segdiff.core.errors import InputError
+from segdiff.data.shards import build_manifest, read_shard
+
+__all__ = ["write_store", "write_subset", "SliceStore", "STORE_FILES"]
+
+STORE_FILES = ("image.npy", "mask.npy", "index.tsv", "classes.json")
+
+
+def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = ".") -> Path:
+    """Concatenate the shards listed by ``manifest`` (columns case, split, n_slices, shard; paths
+    relative to ``root``) into the store folder ``out_dir``, one shard in memory at a time."""
+    out_dir = Path(out_dir)
+    total = int(manifest["n_slices"].sum())
+    first = next((r for r in manifest.itertuples() if r.n_slices > 0), None)
+    shape = read_shard(Path(root) / first.shard).image.shape[1:] if first is not None else (0, 0)
+    rows, classes = [], {}
+    with atomic_dir(out_dir) as tmp, open(tmp / "image.npy", "wb") as images, open(tmp / "mask.npy", "wb") as masks:
+        # plain appends, not a writable memory map: dirty mapped pages would count as the job's memory
+        for f, dtype in ((images, np.float32), (masks, np.uint8)):
+            write_array_header_1_0(f, {"descr": dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                                       "shape": (total, *shape)})
+        for row in manifest.itertuples():
+            path = Path(root) / row.shard
+            shard = read_shard(path)
+            n = len(shard.slice)
+            if n != row.n_slices or (n and shard.image.shape[1:] != shape):
+                raise InputError(path, f"{n} slices of {shard.image.shape[1:]} but the manifest says {row.n_slices} "
+                                       f"of {shape} (re-run the manifest)")
+            images.write(np.ascontiguousarray(shard.image, np.float32).tobytes())
+            masks.write(np.ascontiguousarray(shard.mask, np.uint8).tobytes())
+            rows.append(pd.DataFrame({"case": row.case, "split": row.split, "slice": shard.slice}))
+            classes[str(row.case)] = sorted(int(c) for c in np.unique(shard.mask))
+        index = pd.concat(rows) if rows else pd.DataFrame(columns=["case", "split", "slice"])
+        index.to_csv(tmp / "index.tsv", sep="\t", index=False)
+        (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
+    return out_dir
+
+
+def write_subset(rows: pd.DataFrame, shards: Sequence[str | Path], view: str, manifest: str | Path,
+                 store: str | Path) -> None:
+    """The slicing stage's per-subset job: ``rows`` (case, modality, split; one per case, in the
+    order of ``shards``) -> the manifest TSV and the store folder."""
+    table = build_manifest(rows, dict(zip(rows["case"], shards)), view)
+    try:
+        write_store(table, store)
+        with atomic_path(manifest) as tmp:  # last: a manifest on disk means its store is complete
+            table.to_csv(tmp, sep="\t", index=False)
+    except BaseException:  # the pair appears together or not at all
+        shutil.rmtree(store, ignore_errors=True)
+        raise
+
+
+class _Rows:
+    """Row-wise reads of a C-ordered ``.npy`` file with ``os.pread``; re-opened in a forked or
+    unpickled process (the file descriptor is per process)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran:
+            raise InputError(path, "Fortran-ordered array; the store writes C order")
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._fd, self._pid = None, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def read_into(self, row: int, out: np.ndarray) -> None:
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        done = os.preadv(self._fd, [view], self.offset + int(row) * self.row_bytes)
+        if done != self.row_bytes:
+            raise InputError(self.path, f"row {row}: read {done} of {self.row_bytes} bytes (truncated store?)")
+
+    def __del__(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+
+class SliceStore:
+    """Read-only view of the slices of one or more store folders (e.g. the three
+    views of a model trained on ``all``), restricted to ``splits``.
+
+    ``case``, ``slice``, ``view`` are (N,) arrays of the selected rows; :meth:`read` returns the
+    images and masks of positions ``0..N-1``; :meth:`take` / :meth:`subset` give an in-memory
+    :class:`~segdiff.data.dataset.SliceSet`. Pickling keeps only the folder names (a DataLoader
+    worker re-opens the files).
+    """
+
+    def __init__(self, folders: Sequence[str | Path], splits: Sequence[str] | None = None):
+        self.folders = [Path(f) for f in folders]
+        self.splits = None if splits is None else list(splits)
+        tables, classes, shape = [], {}, None
+        for number, folder in enumerate(self.folders):
+            missing = [name for name in STORE_FILES if not (folder / name).exists()]
+            if missing:
+                raise InputError(folder, f"not a slice store (missing {missing}; re-run the manifest rule)")
+            table = pd.read_csv(folder / "index.tsv", sep="\t", dtype={"case": str, "split": str})
+            table["store"], table["row"], table["view"] = number, np.arange(len(table)), folder.parent.name
+            images = np.load(folder / "image.npy", mmap_mode="r")
+            if len(images) != len(table):
+                raise InputError(folder, f"image.npy holds {len(images)} slices, index.tsv {len(table)}")
+            if len(images) and shape not in (None, images.shape[1:]):
+                raise InputError(folder, f"slices of {images.shape[1:]}, other stores {shape}")
+            shape = images.shape[1:] if len(images) else shape
+            tables.append(table)
+            for case, ids in json.loads((folder / "classes.json").read_text()).items():
+                classes.setdefault(case, set()).update(ids)
+        table = pd.concat(tables, ignore_index=True)
+        if self.splits is not None:
+            table = table[table["split"].isin(self.splits)]
+        if table.empty:
+            raise InputError(", ".join(map(str, self.folders)), f"no slices in split(s) {self.splits}")
+        self.case = table["case"].to_numpy(str)
+        self.slice = table["slice"].to_numpy(np.int32)
+        self.view = table["view"].to_numpy(str)
+        self._store = table["store"].to_numpy(np.int64)
+        self._row = table["row"].to_numpy(np.int64)
+        self.shape: tuple[int, int] = tuple(shape)
+        self.classes = sorted({c for case in set(self.case) for c in classes.get(case, ())})
+        self._files: list[tuple[_Rows, _Rows]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.case)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": None}
+
+    def fingerprint(self, sample_rows: int = 16) -> str:
+        """A digest of what training reads, cheap at any size: the chosen splits and, per store, its
+        view, its ``index.tsv`` and ``classes.json``, the byte sizes of its arrays and the bytes of
+        ``sample_rows`` evenly spaced rows of each (a re-slice with other intensities changes them).
+        Not a hash of the arrays: at AMOS scale they hold 80 GB."""
+        digest = hashlib.sha256(json.dumps({"splits": self.splits}).encode())
+        for folder, (image, mask) in zip(self.folders, self._open()):
+            digest.update(folder.parent.name.encode())
+            for name in ("index.tsv", "classes.json"):
+                digest.update((folder / name).read_bytes())
+            n = (folder / "image.npy").stat().st_size
+            digest.update(f"{n} {(folder / 'mask.npy').stat().st_size}".encode())
+            rows = (n - image.offset) // max(image.row_bytes, 1)
+            for row in np.unique(np.linspace(0, rows - 1, min(sample_rows, rows)).astype(np.int64)) if rows else []:
+                for array, dtype in ((image, np.float32), (mask, np.uint8)):
+                    out = np.empty(self.shape, dtype)
+                    array.read_into(row, out)
+                    digest.update(out.tobytes())
+        return digest.hexdigest()
+
+    def _open(self) -> list[tuple[_Rows, _Rows]]:
+        if self._files is None:
+            self._files = [(_Rows(f / "image.npy"), _Rows(f / "mask.npy")) for f in self.folders]
+        return self._files
+
+    def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images (B, H, W) float32 and masks (B, H, W) uint8 of positions ``index``, in that order.
+
+        Rows are read store by store in ascending order with ``pread`` into the returned arrays:
+        indexing a memory map instead makes the kernel map the pages around every row touched,
+        and the process's resident memory then grows towards the size of what it has read.
+        """
+        index = np.asarray(index, dtype=np.int64)
+        images = np.empty((len(index), *self.shape), np.float32)
+        masks = np.empty((len(index), *self.shape), np.uint8)
+        for number, (image, mask) in enumerate(self._open()):
+            where = np.flatnonzero(self._store[index] == number)
+            rows = self._row[index[where]]
+            for i in np.argsort(rows, kind="stable"):
+                image.read_into(rows[i], images[where[i]])
+                mask.read_into(rows[i], masks[where[i]])
+        return images, masks
+
+    def take(self, index: np.ndarray) -> SliceSet:
+        """The slices at positions ``index`` as an in-memory :class:`~segdiff.data.dataset.SliceSet`."""
+        index = np.asarray(index, dtype=np.int64)
+        images, masks = self.read(index)
+        return SliceSet(images, masks, self.case[index], self.slice[index], self.view[index])
+
+    def subset(self, max_slices: int, seed: int) -> SliceSet:
+        """At most ``max_slices`` slices (0 = all), seeded and stratified by case and view
+        (:func:`~segdiff.data.dataset.stratified_subset`)."""
+        if max_slices <= 0 or len(self) <= max_slices:
+            return self.take(np.arange(len(self)))
+        return self.take(stratified_subset(self.case, self.view, max_slices, seed))

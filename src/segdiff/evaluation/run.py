@@ -1,0 +1,234 @@
+"""Evaluation of one run: the strict metrics, their oracle floors and the poster's protocol.
+
+Definitions (also in the README):
+
+- PSNR / SSIM: generation 1 of each mask vs the original slice the mask came from (data range
+  1.0, Gaussian window sigma 1.5), averaged over slices; ``n/a`` for multi-modal runs.
+- Dice: per organ over the pooled slices, then the mean over organs present in the reference
+  masks. Dice_orig = the target modality's segmentor on that modality's real test slices (upper
+  bound); Dice_gen = the segmentor on the generations vs the masks they came from;
+  Dice_oracle = the segmentor on oracle renders of the same masks (what a perfect generator
+  scores). Dice_gen / Dice_orig should lie in [0.8, 1.05]: above 1.05 the generations are
+  *easier* than real scans, a sign of regression to the mean.
+- FID (pytorch-fid InceptionV3), FRD (radiomics, frd-score) and FD_seg (segmentor bottleneck):
+  Fréchet distances of generated vs real test slices of the target modality; each next to its
+  *oracle floor*, the same distance for oracle renders vs the real slices.
+- Diversity ratio: per-pixel std across the k generations of each mask divided by the per-pixel
+  std across k oracle renders of the same masks, inside organs (goal 0.5-1.5; 0 for a model that
+  returns one image per mask).
+- Poster protocol (:mod:`segdiff.evaluation.poster`): the poster authors' eval.py definitions, for a
+  number-for-number comparison with the poster's table.
+
+Oracle quantities need oracle renders, which only the phantom has; elsewhere they are ``n/a``.
+Everything is recomputable from ``arrays.npz`` (:func:`recompute_metrics`); memory is
+O(``evaluation.max_slices`` x k).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from segdiff.core.atomic import atomic_path
+from segdiff.data.dataset import SliceSet
+from segdiff.evaluation.features.fid import InceptionFeatures
+from segdiff.evaluation.features.radiomics import dominant_feature, frd_from_features, radiomics_features
+from segdiff.sampling.experiments import read_generation
+from segdiff.core.labels import LabelMap, load_label_map
+from segdiff.evaluation.metrics import DiceAccumulator, GaussianStats, dice_per_slice, diversity, frechet_distance, psnr, ssim
+from segdiff.data.oracle import gather_oracle
+from segdiff.evaluation.features.poster import PosterInceptionFeatures
+from segdiff.evaluation.poster import poster_dice, poster_psnr, poster_ssim
+from segdiff.models.segmentor import load_segmentor, predict
+from segdiff.data.store import SliceStore
+from segdiff.core.device import pick_device
+from segdiff.sources.weights import WeightsUnavailable
+
+__all__ = ["evaluate_run", "recompute_metrics", "evaluation_job", "METRIC_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: every number :func:`recompute_metrics` returns (None where it cannot exist)
+METRIC_KEYS = (
+    "psnr", "ssim", "fid", "frd", "fd_seg", "dice_orig", "dice_gen", "dice_ratio", "diversity_ratio", "diversity_gen",
+    "diversity_oracle", "psnr_oracle", "ssim_oracle", "fid_oracle", "frd_oracle", "fd_seg_oracle", "dice_oracle",
+    "psnr_poster", "ssim_poster", "fid_poster", "dice_orig_poster", "dice_gen_poster",
+)
+
+#: feature sets saved in the arrays: name -> extractor factory (weights path, device) -> callable
+_FEATURES: dict[str, Callable] = {
+    "fid": lambda weights, device: InceptionFeatures(weights=weights or None, device=device),
+    "fid_poster": lambda weights, device: PosterInceptionFeatures(weights=weights or None, device=device),
+}
+
+
+def _stats(features: np.ndarray) -> GaussianStats:
+    stats = GaussianStats(features.shape[1])
+    for start in range(0, len(features), 256):
+        stats.update(features[start : start + 256])
+    return stats
+
+
+def _fd(arrays: dict, name: str, which: str) -> float | None:
+    """Fréchet distance of ``{name}_{which}`` vs ``{name}_reference`` features, None if absent."""
+    a, b = arrays.get(f"{name}_{which}"), arrays.get(f"{name}_reference")
+    if a is None or b is None or min(len(a), len(b)) < 2:
+        return None
+    if name == "radiomics":
+        return frd_from_features(b, a)  # the real slices are FRD's normalisation reference
+    return frechet_distance(_stats(a), _stats(b))
+
+
+def _dice(prediction: np.ndarray, target: np.ndarray, class_ids: list[int]) -> DiceAccumulator:
+    acc = DiceAccumulator(class_ids)
+    acc.update(prediction, target)
+    return acc
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or not b else float(a / b)
+
+
+def recompute_metrics(arrays: dict, class_ids: list[int], num_classes: int) -> dict:
+    """Every number of the table from the saved arrays alone (no model needed)."""
+    paired = bool(arrays["paired"])
+    generated, mask = arrays["generated"], arrays["mask"]
+    oracle = arrays.get("oracle")
+    first = generated[:, 0]
+    dice_gen = _dice(arrays["pred_generated"], mask, class_ids)
+    dice_orig = _dice(arrays["pred_reference"], arrays["reference_mask"], class_ids)
+    dice_oracle = _dice(arrays["pred_oracle"], mask, class_ids) if oracle is not None else None
+    div_gen = diversity(generated, mask)["inside"] if generated.shape[1] > 1 else None
+    div_oracle = diversity(oracle, mask)["inside"] if oracle is not None and oracle.shape[1] > 1 else None
+    out = {
+        "psnr": float(np.mean(psnr(first, arrays["original"]))) if paired else None,
+        "ssim": float(np.mean(ssim(first, arrays["original"]))) if paired else None,
+        "fid": _fd(arrays, "fid", "generated"), "frd": _fd(arrays, "radiomics", "generated"),
+        "fd_seg": _fd(arrays, "features", "generated"),
+        "dice_orig": dice_orig.mean(), "dice_gen": dice_gen.mean(),
+        "diversity_gen": div_gen, "diversity_oracle": div_oracle, "diversity_ratio": _ratio(div_gen, div_oracle),
+        "psnr_oracle": float(np.mean(psnr(oracle[:, 0], arrays["original"]))) if paired and oracle is not None else None,
+        "ssim_oracle": float(np.mean(ssim(oracle[:, 0], arrays["original"]))) if paired and oracle is not None else None,
+        "fid_oracle": _fd(arrays, "fid", "oracle"), "frd_oracle": _fd(arrays, "radiomics", "oracle"),
+        "fd_seg_oracle": _fd(arrays, "features", "oracle"),
+        "dice_oracle": dice_oracle.mean() if dice_oracle is not None else None,
+        "psnr_poster": float(np.nanmean(poster_psnr(first, arrays["original"]))) if paired else None,
+        "ssim_poster": float(np.nanmean(poster_ssim(first, arrays["original"]))) if paired else None,
+        "fid_poster": _fd(arrays, "fid_poster", "generated"),
+        "dice_orig_poster": float(np.mean(poster_dice(arrays["pred_reference"], arrays["reference_mask"], num_classes))),
+        "dice_gen_poster": float(np.mean(poster_dice(arrays["pred_generated"], mask, num_classes))),
+        "dice_gen_per_class": dice_gen.per_class(), "dice_orig_per_class": dice_orig.per_class(),
+        "dice_oracle_per_class": dice_oracle.per_class() if dice_oracle is not None else {},
+    }
+    out["dice_ratio"] = _ratio(out["dice_gen"], out["dice_orig"])
+    return out
+
+
+def _inception_features(arrays: dict, sets: dict[str, np.ndarray], weights: dict[str, str | None],
+                        device: torch.device) -> dict[str, str]:
+    """Add ``{name}_{set}`` features of every extractor whose weights exist; returns name -> why it is
+    n/a (None when it is there)."""
+    notes = {}
+    for name, factory in _FEATURES.items():
+        try:
+            extractor = factory(weights.get(name), device)
+        except WeightsUnavailable as err:
+            notes[name] = str(err)
+            continue
+        for which, images in sets.items():
+            arrays[f"{name}_{which}"] = extractor(images)  # the extractor batches on its own
+        notes[name] = None
+    return notes
+
+
+def evaluate_run(
+    label: str,
+    generation: str | Path,
+    segmentor: str | Path,
+    reference: SliceSet,
+    labels: LabelMap,
+    device: torch.device,
+    out_dir: str | Path,
+    oracle: Sequence[str | Path] = (),
+    inception_weights: str | None = None,
+    poster_inception_weights: str | None = None,
+) -> dict:
+    """Evaluate one run and write ``arrays.npz``, ``per_slice.csv`` and ``metrics.json`` into ``out_dir``.
+
+    ``generation`` is a multi-inference or multi-modal ``.npz`` (k generations per mask; the
+    first one is the reconstruction); ``reference`` the real test slices of the target modality
+    (for paired runs, the same slices as the generation's originals); ``oracle`` the oracle
+    files of the masks' cases (phantom only; empty elsewhere).
+    """
+    out_dir = Path(out_dir)
+    gen = read_generation(generation)
+    mode = gen["info"]["mode"]
+    paired = mode != "multimodal"
+    generated = gen["generated"]
+    if paired and not np.array_equal(gen["original"], reference.image):
+        raise ValueError(f"{generation}: its originals are not the reference slices (different subsets?)")
+    model, _, _ = load_segmentor(segmentor, device)
+    arrays = {
+        "generated": generated, "original": gen["original"], "mask": gen["mask"], "case": gen["case"],
+        "slice": gen["slice"], "view": gen["view"], "reference_image": reference.image,
+        "reference_mask": reference.mask, "paired": np.bool_(paired),
+    }
+    sets = {"generated": generated[:, 0], "reference": reference.image}
+    if len(oracle):
+        arrays["oracle"] = gather_oracle(oracle, gen["case"], gen["view"], gen["slice"], gen["mask"],
+                                         ignore=gen["info"].get("classes_set_to_background", []))
+        sets["oracle"] = arrays["oracle"][:, 0]
+    for which, images in sets.items():
+        arrays[f"pred_{which}"], arrays[f"features_{which}"] = predict(model, images, device, features=True)
+        arrays[f"radiomics_{which}"] = radiomics_features(images)
+    notes = _inception_features(arrays, sets, {"fid": inception_weights, "fid_poster": poster_inception_weights}, device)
+    for name, note in notes.items():
+        if note:
+            log.warning("%s: %s n/a: %s", label, name, note)
+    class_ids = labels.ids
+    metrics = recompute_metrics(arrays, class_ids, labels.max_id + 1)
+    index, share, sd, z = dominant_feature(arrays["radiomics_reference"], arrays["radiomics_generated"])
+    frd_note = (f"{label}: one radiomic feature (#{index}, std {sd:.2g} across the real slices) is {z:.0f} standard "
+                f"deviations off and makes {share:.0%} of the FRD mean term (FRDv1 z-scores by the real set)"
+                ) if share > 0.5 or z > 100 else None
+    per_slice = pd.DataFrame({
+        "case": gen["case"], "view": gen["view"], "slice": gen["slice"],
+        "psnr": psnr(generated[:, 0], gen["original"]) if paired else np.nan,
+        "ssim": ssim(generated[:, 0], gen["original"]) if paired else np.nan,
+        "dice_gen": dice_per_slice(arrays["pred_generated"], gen["mask"], class_ids),
+        "dice_orig": dice_per_slice(arrays["pred_reference"], gen["mask"], class_ids) if paired else np.nan,
+        "dice_oracle": dice_per_slice(arrays["pred_oracle"], gen["mask"], class_ids) if len(oracle) else np.nan,
+    })
+    summary = {
+        "label": label, "mode": mode, "n_slices": int(len(generated)), "k": int(generated.shape[1]),
+        "n_reference": int(len(reference)), "oracle": bool(len(oracle)),
+        **{key: metrics[key] for key in METRIC_KEYS},
+        "fid_note": notes["fid"], "fid_poster_note": notes["fid_poster"], "frd_note": frd_note,
+        "per_organ": {labels.names[c]: {kind: metrics[f"{kind}_per_class"].get(c) for kind in ("dice_orig", "dice_gen", "dice_oracle")}
+                      for c in class_ids if c in metrics["dice_orig_per_class"] or c in metrics["dice_gen_per_class"]},
+        "generation": str(generation), "segmentor": str(segmentor), "oracle_files": [str(f) for f in oracle],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "arrays.npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+    with atomic_path(out_dir / "per_slice.csv") as tmp:
+        per_slice.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary
+
+
+def evaluation_job(label: str, generation: str, segmentor: str, reference_stores: Sequence[str], oracle: Sequence[str],
+                   labels: str, device: str, max_slices: int, seed: int, out_dir: str | Path,
+                   inception_weights: str = "", poster_inception_weights: str = "") -> dict:
+    """The workflow's evaluation job: the real test subset the samplers used, then :func:`evaluate_run`."""
+    reference = SliceStore(reference_stores, ["test"]).subset(max_slices, seed)
+    return evaluate_run(label, generation, segmentor, reference, load_label_map(labels), pick_device(device), out_dir,
+                        oracle=oracle, inception_weights=inception_weights or None,
+                        poster_inception_weights=poster_inception_weights or None)

@@ -1,0 +1,99 @@
+"""The comparison table in the poster's layout, and its tidy long form.
+
+Rows: see :data:`ROWS`; one column per run (``CT axial``, ``CT``, ``MRI axial``, ``MRI``,
+``CT→MRI axial`` ...). Cells that cannot exist are ``n/a`` (PSNR/SSIM of multi-modal runs, FID
+without weights, oracle rows without a phantom).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from segdiff.core.atomic import atomic_path
+
+__all__ = ["ROWS", "run_label", "build_tables", "table_notes", "write_tables"]
+
+#: (key in metrics.json, row name, decimals): the strict headline, the oracle (phantom only) and
+#: the poster authors' protocol, in that order.
+ROWS = [
+    ("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 3), ("fid", "FID ↓", 2), ("frd", "FRD ↓", 3),
+    ("fd_seg", "FD_seg ↓ (segmentor features; not FID)", 3),
+    ("dice_orig", "Dice_orig ↑", 3), ("dice_gen", "Dice_gen ↑", 3), ("dice_ratio", "Dice_gen / Dice_orig (goal 0.8–1.05)", 3),
+    ("diversity_ratio", "Diversity ratio, generations / oracle (goal 0.5–1.5)", 3),
+    ("diversity_gen", "Diversity of the k generations (std inside organs)", 4),
+    ("diversity_oracle", "Diversity of k oracle renders (std inside organs)", 4),
+    ("psnr_oracle", "PSNR of an oracle render (a second scan)", 2), ("ssim_oracle", "SSIM of an oracle render", 3),
+    ("fid_oracle", "FID oracle floor", 2), ("frd_oracle", "FRD oracle floor", 3), ("fd_seg_oracle", "FD_seg oracle floor", 3),
+    ("dice_oracle", "Dice_oracle (segmentor on oracle renders)", 3),
+    ("psnr_poster", "PSNR (poster protocol)", 2), ("ssim_poster", "SSIM (poster protocol)", 3),
+    ("fid_poster", "FID (poster protocol)", 2), ("dice_orig_poster", "Dice_orig (poster protocol)", 3),
+    ("dice_gen_poster", "Dice_gen (poster protocol)", 3),
+    ("n_slices", "test slices", 0), ("k", "generations per mask (k)", 0),
+]
+
+
+def run_label(modality: str, view: str, source: str | None = None) -> str:
+    """Column name in the poster's style: ``CT axial``, ``CT`` (all views), ``CT→MRI axial``."""
+    name = modality.upper() if source is None else f"{source.upper()}→{modality.upper()}"
+    return name if view == "all" else f"{name} {view}"
+
+
+def build_tables(metrics_files: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(wide table: rows x runs with formatted strings, long table: run, metric, value)."""
+    runs = [json.loads(Path(f).read_text()) for f in metrics_files]
+    long = pd.DataFrame([{"run": r["label"], "metric": key, "value": r.get(key)} for r in runs for key, _, _ in ROWS])
+    for r in runs:
+        for organ, values in r.get("per_organ", {}).items():
+            for key, value in values.items():
+                long.loc[len(long)] = {"run": r["label"], "metric": f"{key}:{organ}", "value": value}
+    wide = pd.DataFrame(index=[name for _, name, _ in ROWS], columns=[r["label"] for r in runs], dtype=object)
+    for r in runs:
+        for key, name, decimals in ROWS:
+            value = r.get(key)
+            missing = value is None or (isinstance(value, float) and math.isnan(value))
+            wide.loc[name, r["label"]] = "n/a" if missing else (f"{int(value)}" if decimals == 0 else f"{value:.{decimals}f}")
+    return wide, long
+
+
+def table_notes(metrics_files: Sequence[str | Path], max_slices: int = 0) -> list[str]:
+    """The table's footnotes: why cells are n/a, and how the test slices were chosen."""
+    runs = [json.loads(Path(f).read_text()) for f in metrics_files]
+    notes = [f"{name} n/a: {note}" for key, name in (("fid_note", "FID"), ("fid_poster_note", "FID (poster protocol)"))
+             for note in sorted({r.get(key) for r in runs if r.get(key)})]
+    notes += [f"FRD: {r['frd_note']}" for r in runs if r.get("frd_note")]
+    if not all(r.get("oracle") for r in runs):
+        notes.append("Oracle rows n/a: oracle renders exist only for the embedded phantom (dataset.source: phantom).")
+    subset = "all test slices" if max_slices <= 0 else (
+        f"at most {max_slices} test slices per run (evaluation.max_slices), a seeded subset stratified by case and view")
+    notes.append(f"Generations and metrics use {subset}; multi-modal runs are compared with the target modality's real "
+                 "test slices. Rows marked (poster protocol) follow the poster authors' eval.py (see README, Metrics).")
+    return notes
+
+
+def write_tables(metrics_files: Sequence[str | Path], csv: str | Path, md: str | Path, tex: str | Path,
+                 long_csv: str | Path, notes: Sequence[str] = ()) -> pd.DataFrame:
+    """Write the table as CSV, Markdown and LaTeX, plus the tidy long CSV (all atomically)."""
+    wide, long = build_tables(metrics_files)
+    with atomic_path(csv) as tmp:
+        wide.to_csv(tmp, index_label="metric")
+    with atomic_path(md) as tmp:
+        tmp.write_text(_markdown(wide) + "\n" + "".join(f"\n{n}\n" for n in notes))
+    latex = wide.rename(index=lambda s: s.replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$").replace("_", r"\_"),
+                        columns=lambda s: s.replace("→", r"$\to$"))
+    with atomic_path(tex) as tmp:
+        tmp.write_text(latex.to_latex(escape=False, column_format="l" + "r" * len(wide.columns)))
+    with atomic_path(long_csv) as tmp:
+        long.to_csv(tmp, index=False)
+    return wide
+
+
+def _markdown(wide: pd.DataFrame) -> str:
+    header = "| metric | " + " | ".join(wide.columns) + " |"
+    rule = "|---|" + "---:|" * len(wide.columns)
+    rows = [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in wide.iterrows()]
+    return "\n".join([header, rule, *rows])

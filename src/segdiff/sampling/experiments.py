@@ -1,0 +1,333 @@
+"""The three generation experiments of the study, and their output files.
+
+- ``reconstruction``: one generation per test mask of the model's own modality;
+- ``multi_inference``: ``k`` generations per test mask. Generation 1 of every mask has the seed
+  a reconstruction would use, so the workflow samples once and writes the reconstruction file
+  from it (``reconstruction=`` of :func:`run_generation`) instead of sampling the same thing twice;
+- ``multimodal``: ``k`` generations for each test mask of another modality (e.g. CT) through
+  this model (e.g. MRI); organs the model never saw in training (``meta["classes_seen"]``)
+  become background first.
+
+Output ``.npz`` (one per run and mode): ``generated`` float32 (N, k, H, W) in [0, 1],
+``original`` float32 (N, H, W) (the real slice the mask belongs to; for multi-modal it is of the
+*source* modality), ``mask`` uint8 (N, H, W), ``case`` (N,) str, ``slice`` (N,) int32,
+``view`` (N,) str, ``seed`` int, and ``info`` (a JSON string: mode, model, sampler settings).
+
+A run's sampling can be split over jobs (``sampling.chunks``, Snakemake's scatter/gather):
+:func:`sample_chunk` samples one contiguous part of the test subset (:func:`chunk_bounds`) into a
+*chunk file* (a generation file of that part plus ``part``, a JSON record of where it sits in the
+subset), and :func:`merge_chunks` checks the parts fit together and writes the run's files, equal
+array for array (``info`` included) to what the unsplit :func:`sample_run` writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import zipfile
+from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segdiff.core.atomic import atomic_path
+from segdiff.sampling.chunks import chunk_bounds
+from segdiff.data.dataset import SliceSet, stratified_subset
+from segdiff.models.diffusion import load_diffusion
+from segdiff.core.errors import InputError
+from segdiff.report.figures import generation_grid_figure
+from segdiff.core.labels import load_label_map
+from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
+from segdiff.data.store import SliceStore
+from segdiff.core.device import pick_device, use_bf16
+
+__all__ = ["MODES", "run_generation", "read_generation", "sample_run", "subset_index", "sample_chunk",
+           "merge_chunks", "gather_run"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("reconstruction", "multi_inference", "multimodal")
+
+
+def run_generation(
+    model_path: str | Path,
+    test: SliceSet,
+    mode: str,
+    settings: SamplerSettings,
+    seed: int,
+    device: torch.device,
+    out: str | Path,
+    k: int = 1,
+    reconstruction: str | Path | None = None,
+) -> dict:
+    """Sample ``mode`` for every slice of ``test`` and write ``out`` (.npz) atomically; returns the arrays.
+
+    With ``reconstruction`` (multi-inference only), generation 1 of every mask is also written
+    there as the reconstruction experiment's file.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (expected one of {MODES})")
+    if reconstruction is not None and mode != "multi_inference":
+        raise ValueError("a reconstruction file can only be taken from a multi-inference run")
+    arrays = _generation_arrays(model_path, test, mode, settings, seed, device, k)
+    _write_generation(arrays, out, reconstruction)
+    return arrays
+
+
+def _generation_arrays(model_path: str | Path, test: SliceSet, mode: str, settings: SamplerSettings, seed: int,
+                       device: torch.device, k: int) -> dict:
+    """The arrays of a generation file for the slices of ``test`` (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (expected one of {MODES})")
+    model, scheduler_config, meta = load_diffusion(model_path, device)
+    num_classes = model.config.num_classes
+    if len(test) and int(test.mask.max()) >= num_classes:
+        raise InputError(model_path, f"model knows {num_classes - 1} organ classes, masks hold id {int(test.mask.max())}")
+    dropped = []
+    if mode == "multimodal" and meta.get("classes_seen"):
+        # the target model never saw these organs (e.g. bladder in AMOS MRI): they become background
+        unseen = ~np.isin(test.mask, meta["classes_seen"])
+        dropped = sorted(int(c) for c in np.unique(test.mask[unseen]))
+        if dropped:
+            log.info("%s: organ ids %s absent from the model's training masks set to background (%d pixels)",
+                     model_path, dropped, int(unseen.sum()))
+            test = SliceSet(test.image, np.where(unseen, 0, test.mask).astype(np.uint8), test.case, test.slice, test.view)
+    k = 1 if mode == "reconstruction" else k
+    # one seed per (case, view, slice, k): independent of batch size and job order
+    seeds = [sample_seed(seed, f"{c}/{v}", s, j) for c, v, s in zip(test.case, test.view, test.slice) for j in range(k)]
+    masks = np.repeat(test.mask, k, axis=0)
+    generated = generate(model, scheduler_config, masks, seeds, num_classes, settings, device, desc=f"{mode} {Path(model_path).stem}")
+    return {
+        "generated": generated.reshape(len(test), k, *test.mask.shape[1:]),
+        "original": test.image, "mask": test.mask, "case": test.case, "slice": test.slice, "view": test.view,
+        "seed": np.int64(seed),
+        "info": json.dumps({"mode": mode, "model": str(model_path), "model_meta": meta, "k": k, "sampler": asdict(settings),
+                            "classes_set_to_background": dropped}),
+    }
+
+
+def _write_generation(arrays: dict, out: str | Path, reconstruction: str | Path | None = None) -> None:
+    """Write ``arrays`` to ``out`` and, with ``reconstruction``, generation 1 of each mask there; both
+    files appear together, or neither."""
+    with contextlib.ExitStack() as pending:
+        np.savez(pending.enter_context(atomic_path(out)), **arrays)
+        if reconstruction is not None:
+            info = {**json.loads(arrays["info"]), "mode": "reconstruction", "k": 1, "taken_from": str(out)}
+            np.savez(pending.enter_context(atomic_path(reconstruction)),
+                     **{**arrays, "generated": arrays["generated"][:, :1], "info": json.dumps(info)})
+
+
+def read_generation(path: str | Path) -> dict:
+    """Load a generation file written by :func:`run_generation`."""
+    try:
+        with np.load(path) as z:
+            arrays = {key: z[key] for key in z.files}
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"not a generation file ({err})") from err
+    missing = {"generated", "original", "mask", "case", "slice"} - set(arrays)
+    if missing:
+        raise InputError(path, f"not a generation file (missing {sorted(missing)})")
+    arrays["info"] = json.loads(str(arrays["info"]))
+    return arrays
+
+
+def _settings(sampling: Mapping, precision: str, device: torch.device) -> SamplerSettings:
+    return SamplerSettings(sampler=sampling["sampler"], steps=sampling["steps"], eta=sampling["eta"],
+                           batch_size=sampling["batch_size"], bf16=use_bf16(precision, device))
+
+
+def _grids(arrays: dict, mode: str, labels: str, grid: str | Path, reconstruction_grid: str | Path | None,
+           title: str) -> None:
+    """The PNG grid of a generation file (and of the reconstruction taken from it)."""
+    label_map = load_label_map(labels)
+    original = None if mode == "multimodal" else arrays["original"]
+    generation_grid_figure(original, arrays["mask"], arrays["generated"], label_map, grid,
+                           f"{mode.replace('_', '-')}: {title}")
+    if reconstruction_grid is not None:
+        generation_grid_figure(original, arrays["mask"], arrays["generated"][:, :1], label_map, reconstruction_grid,
+                               f"reconstruction: {title}")
+
+
+def sample_run(
+    model_path: str | Path,
+    stores: Sequence[str | Path],
+    mode: str,
+    sampling: Mapping,
+    max_slices: int,
+    seed: int,
+    device: str,
+    labels: str,
+    out: str | Path,
+    grid: str | Path,
+    precision: str = "auto",
+    reconstruction: str | Path | None = None,
+    reconstruction_grid: str | Path | None = None,
+    title: str = "",
+) -> None:
+    """A run's sampling in one job: the (seeded, stratified) test subset of the slice ``stores`` through
+    the model in ``mode``, its ``.npz`` file(s) and their PNG grids. (The workflow splits it:
+    :func:`sample_chunk` per part, then :func:`gather_run`; the files are the same.)"""
+    device = pick_device(device)
+    settings = _settings(sampling, precision, device)
+    test = SliceStore(stores, ["test"]).subset(max_slices, seed)
+    arrays = run_generation(model_path, test, mode, settings, seed, device, out, k=sampling["k"],
+                            reconstruction=reconstruction)
+    _grids(arrays, mode, labels, grid, reconstruction_grid, title)
+
+
+def subset_index(store: SliceStore, max_slices: int, seed: int) -> np.ndarray:
+    """Positions in ``store`` of the slices :meth:`SliceStore.subset` takes (the same rule), without reading any."""
+    if max_slices <= 0 or len(store) <= max_slices:
+        return np.arange(len(store))
+    return stratified_subset(store.case, store.view, max_slices, seed)
+
+
+def _subset_digest(case: np.ndarray, view: np.ndarray, slice_index: np.ndarray) -> str:
+    """A fingerprint of an ordered list of slices (case/view/slice)."""
+    keys = "\n".join(f"{c}/{v}/{int(s)}" for c, v, s in zip(case, view, slice_index))
+    return hashlib.sha256(keys.encode()).hexdigest()
+
+
+def sample_chunk(
+    model_path: str | Path,
+    stores: Sequence[str | Path],
+    mode: str,
+    sampling: Mapping,
+    max_slices: int,
+    seed: int,
+    device: str,
+    out: str | Path,
+    chunk: int,
+    chunks: int,
+    precision: str = "auto",
+) -> None:
+    """One sampling job of a run split into ``chunks``: part ``chunk`` (0-based, :func:`chunk_bounds`)
+    of the test subset :func:`sample_run` would sample, and only its slices are read.
+
+    ``out`` is a generation file of that part plus ``part`` (JSON: chunk, chunks, start, stop,
+    total = the subset's size, subset = a fingerprint of the whole subset's slices) for :func:`merge_chunks`.
+    """
+    if not 0 <= chunk < chunks:
+        raise ValueError(f"chunk {chunk} is not one of 0..{chunks - 1}")
+    device = pick_device(device)
+    settings = _settings(sampling, precision, device)
+    store = SliceStore(stores, ["test"])
+    index = subset_index(store, max_slices, seed)
+    k = 1 if mode == "reconstruction" else sampling["k"]
+    start, stop = chunk_bounds(len(index), chunks, k, settings.batch_size)[chunk]
+    log.info("chunk %d of %d: subset slices %d..%d of %d", chunk + 1, chunks, start, stop - 1, len(index))
+    arrays = _generation_arrays(model_path, store.take(index[start:stop]), mode, settings, seed, device, k)
+    part = {"chunk": chunk, "chunks": chunks, "start": start, "stop": stop, "total": len(index),
+            "subset": _subset_digest(store.case[index], store.view[index], store.slice[index])}
+    _write_generation({**arrays, "part": json.dumps(part)}, out)
+
+
+def _read_part(path: Path) -> dict:
+    """A chunk file's small entries (not the images): part record, info, seed, case, slice, view."""
+    try:
+        with np.load(path) as z:
+            if "part" not in z.files:
+                raise InputError(path, "not a sampling chunk (no 'part' record; chunk files are written by sample_chunk)")
+            return {"path": path, "part": json.loads(str(z["part"])), "info": json.loads(str(z["info"])),
+                    "seed": int(z["seed"]), "case": z["case"], "slice": z["slice"], "view": z["view"]}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise InputError(path, f"not a sampling chunk ({err})") from err
+
+
+def _check_parts(parts: list[dict]) -> list[dict]:
+    """The parts in subset order, once checked to be the pieces of one subset sampled one way."""
+    ref = parts[0]
+    for p in parts[1:]:
+        for what, mine, theirs in (
+            ("the seed", p["seed"], ref["seed"]),
+            *((f"info '{key}'", p["info"].get(key), ref["info"].get(key))
+              for key in dict.fromkeys([*ref["info"], *p["info"]]) if key != "classes_set_to_background"),
+            ("the chunk count", p["part"]["chunks"], ref["part"]["chunks"]),
+            ("the subset size", p["part"]["total"], ref["part"]["total"]),
+        ):
+            if mine != theirs:
+                raise InputError(p["path"], f"{what} ({mine!r}) differs from that of {ref['path']} ({theirs!r}): "
+                                            "the parts of one run come from one model, sampler and test subset")
+        if p["part"]["subset"] != ref["part"]["subset"]:
+            raise InputError(p["path"], f"cut from another test subset than {ref['path']} (other slice stores or "
+                                        "evaluation.max_slices): the parts of one run come from one test subset")
+    by_chunk: dict[int, dict] = {}
+    for p in parts:
+        other = by_chunk.setdefault(p["part"]["chunk"], p)
+        if other is not p:
+            raise InputError(p["path"], f"chunk {p['part']['chunk'] + 1} of {p['part']['chunks']} given twice "
+                                        f"(also {other['path']})")
+    chunks, total = ref["part"]["chunks"], ref["part"]["total"]
+    ordered = [by_chunk[c] for c in sorted(by_chunk)]
+    position = 0
+    for p in ordered:
+        start, stop = p["part"]["start"], p["part"]["stop"]
+        if len(p["case"]) != stop - start:
+            raise InputError(p["path"], f"holds {len(p['case'])} slices, its record says {start}..{stop - 1}")
+        if start != position:
+            gap = "missing" if start > position else "sampled twice"
+            raise InputError(p["path"], f"chunk {p['part']['chunk'] + 1} of {chunks} starts at subset slice {start}, "
+                                        f"the parts before it end at {position}: subset slices {min(start, position)}.."
+                                        f"{max(start, position) - 1} are {gap}")
+        position = stop
+    missing = sorted(set(range(chunks)) - set(by_chunk))
+    if position != total or missing:
+        raise InputError(ordered[-1]["path"], f"the parts given end at subset slice {position} of {total}: chunk(s) "
+                                              f"{[c + 1 for c in missing]} of {chunks} missing")
+    digest = _subset_digest(*(np.concatenate([p[key] for p in ordered]) for key in ("case", "view", "slice")))
+    if digest != ref["part"]["subset"]:
+        raise InputError(ref["path"], "the slices of the parts are not the subset they record")
+    return ordered
+
+
+def merge_chunks(parts: Sequence[str | Path], out: str | Path, reconstruction: str | Path | None = None) -> dict:
+    """Concatenate the chunk files of one run (:func:`sample_chunk`, given in any order) into its generation
+    file ``out`` (and, from multi-inference, the reconstruction file), as the unsplit run writes them; returns
+    the arrays. Parts that do not fit together (another model, seed, k, sampler or subset; a chunk missing or
+    given twice) raise :class:`InputError` naming the file. Memory: the merged arrays and one part.
+    """
+    parts = [parts] if isinstance(parts, (str, Path)) else list(parts)
+    if not parts:
+        raise ValueError("no chunk files to merge")
+    ordered = _check_parts([_read_part(Path(p)) for p in parts])
+    info = ordered[0]["info"]
+    if reconstruction is not None and info["mode"] != "multi_inference":
+        raise ValueError("a reconstruction file can only be taken from a multi-inference run")
+    # organs set to background anywhere in the subset (each part knows only its own)
+    info["classes_set_to_background"] = sorted({c for p in ordered for c in p["info"]["classes_set_to_background"]})
+    arrays: dict = {}
+    for p in ordered:
+        start, stop = p["part"]["start"], p["part"]["stop"]
+        with np.load(p["path"]) as z:
+            for key in ("generated", "original", "mask"):
+                piece = z[key]
+                if key not in arrays:
+                    arrays[key] = np.empty((p["part"]["total"], *piece.shape[1:]), piece.dtype)
+                if piece.shape[1:] != arrays[key].shape[1:]:
+                    raise InputError(p["path"], f"'{key}' of shape {piece.shape[1:]} per slice, other parts "
+                                                f"{arrays[key].shape[1:]}")
+                arrays[key][start:stop] = piece
+    for key in ("case", "slice", "view"):
+        arrays[key] = np.concatenate([p[key] for p in ordered])
+    arrays["seed"] = np.int64(ordered[0]["seed"])
+    arrays["info"] = json.dumps(info)
+    _write_generation(arrays, out, reconstruction)
+    return arrays
+
+
+def gather_run(
+    parts: Sequence[str | Path],
+    labels: str,
+    out: str | Path,
+    grid: str | Path,
+    reconstruction: str | Path | None = None,
+    reconstruction_grid: str | Path | None = None,
+    title: str = "",
+) -> None:
+    """The workflow's gather job: :func:`merge_chunks`, then the PNG grids :func:`sample_run` draws."""
+    arrays = merge_chunks(parts, out, reconstruction)
+    _grids(arrays, json.loads(arrays["info"])["mode"], labels, grid, reconstruction_grid, title)

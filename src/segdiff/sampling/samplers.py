@@ -1,0 +1,144 @@
+"""Batched, reproducible sampling from a segmentation-guided diffusion model.
+
+Every generated slice starts from noise drawn from its own generator, seeded from
+``(seed, case, slice, k)``; stochastic samplers (DDPM, DDIM with eta > 0) also draw each step's
+noise from per-slice generators, and step the whole batch at once (:func:`stochastic_step`).
+Results therefore do not depend on the batch size, on the order of jobs, or on which other slices
+are sampled alongside.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.networks.schedulers import DDIMScheduler
+from tqdm.auto import tqdm
+
+from segdiff.models.diffusion import from_model_range, make_scheduler, one_hot
+from segdiff.core.device import native_bf16
+
+__all__ = ["SamplerSettings", "sample_seed", "initial_noise", "stochastic_step", "generate"]
+
+
+@dataclass
+class SamplerSettings:
+    sampler: str = "ddim"  # ddim | ddpm
+    steps: int = 50  # inference steps (DDPM: the model's number of training timesteps is used when 0)
+    eta: float = 0.0  # DDIM stochasticity
+    batch_size: int = 64
+    bf16: bool | None = None  # bf16 autocast; None = where the device computes bf16 natively
+
+
+def sample_seed(seed: int, case: str, slice_index: int, k: int) -> int:
+    """A 63-bit seed for one generation, from the run seed, case id, slice index and sample number."""
+    state = np.random.SeedSequence([seed, zlib.crc32(case.encode()), int(slice_index), int(k)]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def initial_noise(seeds: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
+    """(N, 1, H, W) standard normal noise, drawn on the CPU (the same on every device) per seed."""
+    g = torch.Generator()
+    out = torch.empty((len(seeds), 1, *shape))
+    for i, s in enumerate(seeds):
+        g.manual_seed(s)
+        out[i] = torch.randn((1, *shape), generator=g)
+    return out
+
+
+def stochastic_step(scheduler, prediction: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor,
+                    eta: float = 1.0) -> torch.Tensor:
+    """One DDPM or DDIM (eta > 0) step of a batch with the given ``noise`` (one draw per slice).
+
+    MONAI's ``step`` draws the noise of the whole batch from one generator; this is its update
+    (DDPM: Ho et al. eq. 7; DDIM: Song et al. eq. 12 and 16) with the noise passed in, so that each
+    slice keeps its own generator while the batch steps together. ``tests/test_diffusion.py``
+    checks it against MONAI's ``step`` slice by slice.
+    """
+    prediction, x = prediction.float(), x.float()
+    alphas = scheduler.alphas_cumprod.to(x.device)
+    kind = scheduler.prediction_type
+    a_t = alphas[t]
+    if kind == "epsilon":
+        x0, eps = (x - (1 - a_t).sqrt() * prediction) / a_t.sqrt(), prediction
+    elif kind == "sample":
+        x0, eps = prediction, (x - a_t.sqrt() * prediction) / (1 - a_t).sqrt()
+    else:  # v_prediction
+        x0, eps = a_t.sqrt() * x - (1 - a_t).sqrt() * prediction, a_t.sqrt() * prediction + (1 - a_t).sqrt() * x
+    if scheduler.clip_sample:
+        x0 = x0.clamp(*scheduler.clip_sample_values)
+    if isinstance(scheduler, DDIMScheduler):
+        prev = t - scheduler.num_train_timesteps // scheduler.num_inference_steps
+        a_prev = alphas[prev] if prev >= 0 else scheduler.final_alpha_cumprod.to(x.device)
+        sigma = eta * (scheduler._get_variance(t, prev) ** 0.5)
+        # clamp: where sigma^2 = 1 - a_prev exactly (eta 1, a_t = 0: the cosine schedule's last step), rounding
+        # can make the difference -1e-8 and MONAI's step NaN
+        return a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps + sigma * noise
+    a_prev = alphas[t - 1] if t > 0 else torch.ones((), device=x.device)
+    beta, alpha = scheduler.betas.to(x.device)[t], scheduler.alphas.to(x.device)[t]
+    mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0 + (alpha.sqrt() * (1 - a_prev) / (1 - a_t)) * x
+    if t == 0:
+        return mean
+    return mean + scheduler._get_variance(t).to(x.device) ** 0.5 * noise
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    scheduler_config,
+    masks: np.ndarray,
+    seeds: Sequence[int],
+    num_classes: int,
+    settings: SamplerSettings,
+    device: torch.device,
+    desc: str = "sample",
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Generate one image per mask: ``masks`` (N, H, W) ints, ``seeds`` (N,) -> (N, H, W) float32 in [0, 1].
+
+    ``progress(done, total)`` is called after every denoising step of every batch (e.g. a progress bar).
+    """
+    if len(masks) != len(seeds):
+        raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")
+    scheduler = make_scheduler(scheduler_config, settings.sampler)
+    steps = settings.steps or scheduler_config.num_train_timesteps
+    if settings.sampler == "ddpm" and steps != scheduler_config.num_train_timesteps:
+        # MONAI's DDPMScheduler.step always goes from t to t - 1: strided DDPM returns noise
+        raise ValueError(f"DDPM samples every one of the model's {scheduler_config.num_train_timesteps} timesteps "
+                         f"(got steps={steps}); use steps 0 or {scheduler_config.num_train_timesteps}, or DDIM with eta 1")
+    scheduler.set_timesteps(steps, device=device)
+    stochastic = settings.sampler == "ddpm" or settings.eta > 0
+    model.eval().to(device)
+    bf16 = native_bf16(device) if settings.bf16 is None else settings.bf16
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    out = np.empty(masks.shape, np.float32)
+    batches = range(0, len(masks), settings.batch_size)
+    bar = tqdm(total=len(batches) * len(scheduler.timesteps), desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
+    for start in batches:
+        batch_seeds = seeds[start : start + settings.batch_size]
+        cond = one_hot(torch.as_tensor(masks[start : start + settings.batch_size], device=device), num_classes)
+        x = initial_noise(batch_seeds, masks.shape[1:]).to(device)
+        step_generators = []
+        if stochastic:
+            for s in batch_seeds:
+                g = torch.Generator(device=device)
+                g.manual_seed(s ^ 0x5DEECE66D)
+                step_generators.append(g)
+        for t in scheduler.timesteps:
+            timesteps = torch.full((len(x),), int(t), device=device, dtype=torch.long)
+            with autocast:
+                prediction = model(x, timesteps, cond).float()
+            if not stochastic:  # DDIM with eta 0: no noise
+                x, _ = scheduler.step(prediction, int(t), x)
+            else:
+                noise = torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=device) for g in step_generators])
+                x = stochastic_step(scheduler, prediction, int(t), x, noise, settings.eta)
+            bar.update()
+            if progress is not None:
+                progress(bar.n, bar.total)
+        out[start : start + len(x)] = from_model_range(x)[:, 0].float().cpu().numpy()
+    bar.close()
+    return out

@@ -1,0 +1,111 @@
+"""NIfTI input: load an image/label pair, validate it, reorient it to canonical RAS.
+
+Everything that can be wrong with a volume is checked here, before any output is written, and
+reported as an :class:`~segdiff.core.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from segdiff.core.errors import InputError
+from segdiff.core.labels import LabelMap, Remap
+
+__all__ = ["Volume", "load_nifti", "load_case"]
+
+_AFFINE_TOL = 1e-3  # mm; image and label grids must agree to this
+
+
+@dataclass
+class Volume:
+    """A validated case in canonical RAS voxel order.
+
+    Attributes
+    ----------
+    image : float32 array (X, Y, Z), raw intensities (HU for CT).
+    label : uint8 array (X, Y, Z), ids of the target label map.
+    spacing : voxel size in mm along X, Y, Z.
+    affine : the canonical (RAS) voxel-to-world affine.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+
+
+def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a 3D NIfTI file as (array in canonical RAS order, canonical affine).
+
+    Raises :class:`InputError` for a missing, truncated or corrupt file, a non-3D volume
+    (a 4D file with a single volume is accepted) and non-finite voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        img = nib.load(path)
+    except Exception as err:  # nibabel raises several types for unreadable headers
+        raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, f"expected a NIfTI image, got {type(img).__name__}")
+    if img.ndim == 4 and img.shape[3] == 1:
+        img = img.slicer[..., 0]
+    if img.ndim != 3:
+        raise InputError(path, f"expected a 3D volume, got shape {img.shape}")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as err:
+        raise InputError(path, f"truncated or corrupt data ({type(err).__name__}: {err})") from err
+    # canonical RAS by flips and axis swaps only: views of the loaded array, no copy
+    # (what nib.as_closest_canonical does, without its extra copy of the data)
+    ornt = nib.orientations.io_orientation(img.affine)
+    data = nib.orientations.apply_orientation(data, ornt)
+    affine = img.affine @ nib.orientations.inv_ornt_aff(ornt, img.shape)
+    # min/max propagate NaN and expose inf without allocating a mask of the volume
+    if data.dtype.kind == "f" and data.size and not (np.isfinite(data.min()) and np.isfinite(data.max())):
+        raise InputError(path, f"{np.count_nonzero(~np.isfinite(data))} voxels are NaN or infinite")
+    return data, affine
+
+
+def _label_ids(data: np.ndarray, path: Path) -> np.ndarray:
+    """Integer label array from whatever dtype the file stored."""
+    if data.dtype.kind == "f":
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            raise InputError(path, "label volume holds non-integer values")
+        data = rounded
+    if data.min(initial=0) < 0:
+        raise InputError(path, f"label volume holds negative values (min {data.min()})")
+    return data.astype(np.int64 if data.max(initial=0) > 255 else np.uint8, copy=False)
+
+
+def load_case(image_path: str | Path, label_path: str | Path, labels: LabelMap, remap: Remap | None = None) -> Volume:
+    """Load and validate one image/label pair.
+
+    Checks, each ending in an :class:`InputError` naming the offending file: readable 3D NIfTI,
+    finite voxels, identical grids (shape and affine), integer labels, label ids within
+    ``labels`` after the optional ``remap``, and at least one foreground voxel.
+    """
+    image_path, label_path = Path(image_path), Path(label_path)
+    label, label_affine = load_nifti(label_path)  # the smaller array first: lower peak memory
+    image, affine = load_nifti(image_path)
+    if label.shape != image.shape:
+        raise InputError(label_path, f"label grid {label.shape} differs from image grid {image.shape} of {image_path}")
+    if not np.allclose(label_affine, affine, atol=_AFFINE_TOL):
+        raise InputError(label_path, f"label affine differs from the affine of {image_path} (more than {_AFFINE_TOL} mm)")
+    label = _label_ids(label, label_path)
+    if remap is not None:
+        label = remap.apply(label, label_path)
+    labels.check(label, label_path)
+    if not label.any():
+        raise InputError(label_path, "no foreground voxel (after remap)" if remap else "no foreground voxel")
+    spacing = tuple(float(s) for s in nib.affines.voxel_sizes(affine))
+    return Volume(image=image.astype(np.float32, copy=False), label=label.astype(np.uint8, copy=False),
+                  spacing=spacing, affine=affine)
