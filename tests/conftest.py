@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_SCHEMA = REPO / "config/schemas/config.schema.yaml"
 CASES_SCHEMA = REPO / "config/schemas/cases.schema.yaml"
-TOTALSEG = REPO / "tests/data/totalsegmentator-ct-example"
+TOTALSEG = REPO / "tests/fixtures/totalsegmentator-ct-example"
 
 
 def ras_pair(shape=(20, 16, 12), spacing=(2.0, 1.5, 3.0), seed=0):

@@ -10,7 +10,7 @@
   editor's unseen-label warning);
 - ``provenance.json``: the sampling section of the config (DDIM, 3 steps, k = 2).
 
-About 10 s on 2 CPU cores. Used by tests/test_editor_browser.py and the editor's API tests.
+About 10 s on 2 CPU cores. Used by tests/editor/test_editor_browser.py and the editor's API tests.
 """
 
 from __future__ import annotations

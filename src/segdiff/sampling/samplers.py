@@ -55,7 +55,7 @@ def stochastic_step(scheduler, prediction: torch.Tensor, t: int, x: torch.Tensor
 
     MONAI's ``step`` draws the noise of the whole batch from one generator; this is its update
     (DDPM: Ho et al. eq. 7; DDIM: Song et al. eq. 12 and 16) with the noise passed in, so that each
-    slice keeps its own generator while the batch steps together. ``tests/test_diffusion.py``
+    slice keeps its own generator while the batch steps together. ``tests/models/test_diffusion.py``
     checks it against MONAI's ``step`` slice by slice.
     """
     prediction, x = prediction.float(), x.float()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from amos_fixture import make_amos_zip, serve_amos
 from conftest import REPO
-from test_workflow import TINY_MODEL, job_counts, snakemake
+from studies import TINY_MODEL, job_counts, snakemake
 
 pytestmark = pytest.mark.workflow
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from test_diffusion import tiny_slices
+from tiny import tiny_slices
 
 from segdiff.core.errors import InputError
 from segdiff.models.diffusion import load_diffusion

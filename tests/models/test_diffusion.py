@@ -15,21 +15,7 @@ from segdiff.models.diffusion import (DenoiserConfig, SchedulerConfig, SegGuided
 from segdiff.core.errors import InputError
 from segdiff.sampling.samplers import SamplerSettings, generate, initial_noise, sample_seed, stochastic_step
 from segdiff.models.training import TrainSettings, warmup_cosine
-
-TINY = dict(num_classes=4, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4, num_head_channels=8)
-SCHED = SchedulerConfig(num_train_timesteps=50, prediction_type="sample")
-
-
-def tiny_slices(n=6, size=16, seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.zeros((n, size, size), np.uint8)
-    mask[:, 3:8, 3:10] = 1
-    mask[:, 9:14, 6:12] = 2
-    mask[::2, 2:5, 11:15] = 3
-    image = (0.2 * (mask == 1) + 0.6 * (mask == 2) + 0.9 * (mask == 3) + rng.normal(0, 0.02, mask.shape)).clip(0, 1)
-    return SliceSet(image.astype(np.float32), mask, np.array([f"c{i % 2}" for i in range(n)]),
-                    np.arange(n, dtype=np.int32), np.array(["axial"] * n))
-
+from tiny import TINY, SCHED, perturbed_model, tiny_slices
 
 @pytest.mark.parametrize("conditioning", ["concat", "add"])
 def test_both_conditioning_modes_use_the_mask(conditioning):
@@ -82,17 +68,6 @@ def test_sampling_never_ablates(monkeypatch):
     masks = tiny_slices(3).mask
     generate(Spy(), SCHED, masks, [1, 2, 3], 4, SamplerSettings(steps=2), torch.device("cpu"))
     assert all(torch.equal(c, one_hot(torch.as_tensor(masks), 4)) for c in seen)
-
-
-def perturbed_model():
-    """MONAI zero-initialises the UNet's output layer: an untrained model returns the same image for
-    any noise, which would hide seeding bugs. Random weights make every input count."""
-    torch.manual_seed(0)
-    model = SegGuidedDenoiser(DenoiserConfig(**TINY)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
 
 
 #: every sampler setting the schema allows (DDIM with and without step noise, DDPM)

@@ -17,6 +17,7 @@ import scipy.linalg
 import torch
 import yaml
 from conftest import REPO, TOTALSEG, ras_pair, save
+from studies import DATA_ONLY, TINY, TINY_MODEL, hermetic_env, job_counts, snakemake
 
 from segdiff.models.diffusion import load_diffusion
 from segdiff.sampling.experiments import read_generation
@@ -26,54 +27,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 pytestmark = pytest.mark.workflow
 
-TINY = {
-    "seed": 3,
-    "phantom": {"n_ct": 3, "n_mri": 3, "shape": [48, 40, 24], "spacing": [8.0, 8.0, 12.0]},
-    "preprocess": {"image_size": 16, "min_foreground": 4},
-    "diffusion": {"runs": []},
-    "sampling": {"multimodal": []},
-    "segmentor": {"model": {"channels": [8, 16], "strides": [2]},
-                  "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1}},
-}
-DATA_ONLY = {"diffusion": {"runs": []}, "sampling": {"multimodal": []}}  # data rules only
-TINY_MODEL = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4, "num_head_channels": 8}
-
-
-def hermetic_env(workdir: Path) -> dict:
-    """The environment of workflow subprocesses: an empty torch hub (no Inception weights, whatever
-    this machine has cached), so the test means the same on every machine."""
-    torch_home = workdir.parent / f"{workdir.name}-torch-home"
-    torch_home.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "PYTHONWARNINGS": "ignore", "TORCH_HOME": str(torch_home)}
-
-
 def test_workflow_subprocesses_run_this_checkout(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import segdiff; print(segdiff.__file__)"], capture_output=True,
                           text=True, env=hermetic_env(tmp_path / "x"), cwd=tmp_path, check=True)
     assert Path(proc.stdout.strip()).resolve().is_relative_to((REPO / "src").resolve()), proc.stdout
-
-
-def snakemake(workdir: Path, config: dict, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in ``workdir`` with ``config`` as the only config file (and ``env`` added
-    to the environment)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**hermetic_env(workdir), **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Snakemake's "Job stats" table (of a run or a dry run) as {rule: count}; {} when nothing is to be done."""
-    text = proc.stdout + proc.stderr
-    if "Job stats:" not in text:
-        assert "Nothing to be done" in text, text[-3000:]
-        return {}
-    table = text.split("Job stats:")[1].split("\n\n")[0]
-    return {line.split()[0]: int(line.split()[1]) for line in table.splitlines()[3:] if line.strip()}
 
 
 @pytest.fixture(scope="module")

@@ -17,26 +17,9 @@ from segdiff.evaluation.features.fid import (
     load_inception,
 )
 from segdiff.sources.weights import WeightsUnavailable
+from tiny import fid_inception_state_dict
 
 # --------------------------------------------------------------------------- Inception weights
-
-
-def fid_inception_state_dict():
-    """pytorch-fid's FID Inception architecture, randomly initialised, built the way pytorch-fid does."""
-    torch.manual_seed(0)
-    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
-    net.Mixed_5b = fid_inception.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = fid_inception.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = fid_inception.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = fid_inception.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = fid_inception.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = fid_inception.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = fid_inception.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = fid_inception.FIDInceptionE_1(1280)
-    net.Mixed_7c = fid_inception.FIDInceptionE_2(2048)
-    state = net.state_dict()
-    state["Mixed_7c.branch_pool.bn.running_mean"].uniform_(-1, 1)  # a buffer that differs from its default
-    return state
 
 
 @pytest.fixture(scope="module")

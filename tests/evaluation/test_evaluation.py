@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import scipy.linalg
 import torch
-from test_diffusion import tiny_slices
-from test_fid_inception import fid_inception_state_dict
+from tiny import tiny_slices
+from tiny import fid_inception_state_dict
 
 from segdiff.data.dataset import SliceSet
 from segdiff.evaluation.run import METRIC_KEYS, evaluate_run, recompute_metrics

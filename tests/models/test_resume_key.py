@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_store import make_subset
+from tiny import make_subset
 
 from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion
 from segdiff.models.segmentor import SegmentorConfig, fit_segmentor

@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from test_diffusion import SCHED, perturbed_model
-from test_workflow import TINY, TINY_MODEL, job_counts, snakemake
+from tiny import SCHED, perturbed_model
+from studies import TINY, TINY_MODEL, job_counts, snakemake
 
 from segdiff.models.diffusion import save_diffusion
 from segdiff.core.errors import InputError

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from amos_fixture import serve
 from nnunet_model import write_tiny_totalvibe_model
-from test_workflow import TINY_MODEL, snakemake
+from studies import TINY_MODEL, snakemake
 
 from segdiff.models.diffusion import load_diffusion
 from segdiff.core.errors import WeightsUnavailable

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 import pytest
-from test_diffusion import SCHED, perturbed_model, tiny_slices
+from tiny import SCHED, perturbed_model, tiny_slices
 
 from segdiff.data.dataset import stratified_subset
 from segdiff.models.diffusion import save_diffusion

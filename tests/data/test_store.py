@@ -19,26 +19,7 @@ from segdiff.data.shards import build_manifest, read_shard
 from segdiff.data.slicing import Shard
 from segdiff.data.store import SliceStore, write_store
 from segdiff.models.training import TrainSettings
-
-SPLITS = {"c0": "train", "c1": "train", "c2": "val", "c3": "test", "c4": "test"}
-
-
-def make_subset(root, view="axial", sizes=(5, 0, 3, 4, 6), size=16, seed=0):
-    """Shards of five cases (one without slices) and their manifest, written as the workflow does."""
-    rng = np.random.default_rng(seed)
-    paths = {}
-    for i, (case, n) in enumerate(zip(SPLITS, sizes)):
-        mask = rng.integers(0, 4, (n, size, size)).astype(np.uint8)
-        shard = Shard(image=rng.random((n, size, size), dtype=np.float32), mask=mask,
-                      slice=np.arange(10, 10 + n, dtype=np.int32), pixel_mm=2.0)
-        paths[case] = root / view / f"{case}.npz"
-        paths[case].parent.mkdir(parents=True, exist_ok=True)
-        shard.save(paths[case])
-    rows = pd.DataFrame({"case": list(SPLITS), "modality": "ct", "split": list(SPLITS.values())})
-    manifest = build_manifest(rows, paths, view)
-    write_store(manifest, root / view / "store")
-    return manifest, root / view / "store"
-
+from tiny import SPLITS, make_subset
 
 def test_store_equals_the_shards(tmp_path):
     manifest, store_dir = make_subset(tmp_path)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from monai.losses import DiceCELoss
-from test_diffusion import TINY, tiny_slices
+from tiny import TINY, tiny_slices
 
 import segdiff.models.training as training
 from segdiff.data.dataset import SliceSet

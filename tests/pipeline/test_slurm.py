@@ -20,7 +20,7 @@ import torch
 import yaml
 from conftest import REPO
 from slurm_cluster import LoopbackSlurm
-from test_workflow import TINY, TINY_MODEL, hermetic_env, snakemake
+from studies import TINY, TINY_MODEL, hermetic_env, snakemake
 
 from segdiff.core.checkpoints import CHECKPOINT_FORMAT, load_file
 from segdiff.models.diffusion import load_diffusion
