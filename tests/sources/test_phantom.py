@@ -10,6 +10,7 @@ import pytest
 from scipy.ndimage import binary_erosion
 
 from segdiff.sources import phantom as ph
+from segdiff.sources.phantom import render as ph_render
 
 SMALL = (48, 40, 24)
 SMALL_SP = (8.0, 8.0, 12.0)
@@ -219,7 +220,7 @@ def test_mri_bias_field_present(mri_small, monkeypatch):
     def flat(x, y, z, rng, amplitude=0.2):
         return np.ones(np.broadcast_shapes(np.shape(x), np.shape(y), np.shape(z)), np.float32)
 
-    monkeypatch.setattr(ph, "mri_bias_field", flat)
+    monkeypatch.setattr(ph_render, "mri_bias_field", flat)  # where generate_case looks it up
     assert _liver_trend(*ph.generate_case("amos_0501", "mri", SMALL, SMALL_SP, SEED)) < 0.05
 
 

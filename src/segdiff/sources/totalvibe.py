@@ -80,10 +80,14 @@ def _models_under(root: Path, dataset_id: int) -> list[Path]:
 def find_model(dataset_id: int = DATASET_ID) -> Path:
     """The TotalVibeSegmentator model folder (``plans.json``, ``dataset.json``, ``fold_*/checkpoint_*.pth``).
 
-    Raises
-    ------
-    WeightsUnavailable
-        One line: where it looked, which variable to set and how to get the weights.
+    Args:
+        dataset_id: TPTBox's number of the model (100, TotalVibeSegmentator).
+
+    Returns:
+        The first nnU-Net result folder found, residual-encoder plans first.
+
+    Raises:
+        WeightsUnavailable: One line: where it looked, which variable to set and how to get the weights.
     """
     roots = _candidate_roots()
     for _, root in roots:
@@ -130,16 +134,19 @@ class MaskInfo:
 def segment_volume(image: str | Path, out: str | Path, device: str = "auto", model: str | Path | None = None) -> MaskInfo:
     """Run TotalVibeSegmentator on ``image`` and write its label volume (uint8) to ``out``, atomically.
 
-    Parameters
-    ----------
-    image : path
-        A 3D NIfTI image volume (CT or MRI).
-    out : path
-        Output NIfTI: the labels on the image's voxel grid, with the image's affine.
-    device : str
-        ``auto`` (CUDA when torch sees a GPU), ``cuda`` or ``cpu``.
-    model : path, optional
-        An nnU-Net v2 result folder; default :func:`find_model`.
+    Args:
+        image: A 3D NIfTI image volume (CT or MRI).
+        out: Output NIfTI: the labels on the image's voxel grid, with the image's affine.
+        device: ``auto`` (CUDA when torch sees a GPU), ``cuda`` or ``cpu``.
+        model: An nnU-Net v2 result folder; default :func:`find_model`.
+
+    Returns:
+        The model folder used, the label ids found and the inference wall time.
+
+    Raises:
+        InputError: For a missing or corrupt image, a prediction that comes back empty or on another
+            grid, or label ids outside 0..255.
+        WeightsUnavailable: When ``model`` is not given and :func:`find_model` finds none.
     """
     from TPTBox import to_nii  # TPTBox, torch and nnU-Net only here: the workflow imports this module at parse time
     from TPTBox.segmentation import run_inference_on_file
