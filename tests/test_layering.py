@@ -1,0 +1,106 @@
+"""The library's stages import downwards only: a newcomer can read a stage knowing just the ones below it.
+
+Every ``import segdiff...`` in ``src/segdiff`` (module level or inside a function) is checked against
+:data:`LAYERS`: a subpackage may import its own modules and those of lower layers, never a higher one.
+So ``sources`` and ``data`` never import ``models``, and nothing but the command line imports ``editor``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+SRC = REPO / "src/segdiff"
+
+#: subpackage -> layer; a module may import only from its own subpackage or a lower layer
+LAYERS = {
+    "core": 0,
+    "sources": 1,
+    "data": 2,
+    "models": 3,
+    "report": 3,
+    "sampling": 4,
+    "evaluation": 5,
+    "pipeline": 6,
+    "editor": 7,
+    "cli": 8,
+}
+#: the top-level files of the package (not in a stage)
+TOP = {"__init__": -1, "cli": LAYERS["cli"]}
+
+
+def stage_of(module: str) -> str:
+    """``segdiff.data.store`` -> ``data``; ``segdiff.cli`` -> ``cli``; ``segdiff`` -> ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """The segdiff modules ``path`` imports, with line numbers (function-level imports included)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "segdiff"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "segdiff":
+            found.append((node.lineno, node.module))
+    return found
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+
+
+def layer(stage: str) -> int:
+    return LAYERS.get(stage, TOP.get(stage, 99))
+
+
+def violations() -> list[str]:
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        own = stage_of(module_name(path))
+        for line, target in imports_of(path):
+            other = stage_of(target)
+            if other == "__init__" or other == own:
+                continue
+            if other not in LAYERS:
+                bad.append(f"{path.relative_to(REPO)}:{line} imports {target}: not a stage of {sorted(LAYERS)}")
+            elif layer(other) >= layer(own):
+                bad.append(f"{path.relative_to(REPO)}:{line} ({own}, layer {layer(own)}) imports {target} "
+                           f"({other}, layer {layer(other)})")
+    return bad
+
+
+def test_every_module_lives_in_a_stage():
+    loose = [p.name for p in SRC.glob("*.py") if p.stem not in TOP]
+    assert not loose, f"modules outside a stage subpackage: {loose}"
+    assert {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()} == set(LAYERS) - {"cli"}
+
+
+def test_stages_import_only_lower_layers():
+    assert violations() == []
+
+
+def test_the_check_sees_a_violation(tmp_path, monkeypatch):
+    """The walker finds module-level and function-level imports (a check that sees nothing passes anything)."""
+    bad = tmp_path / "segdiff/data/bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("import segdiff.core.errors\n\ndef f():\n    from segdiff.models.diffusion import load_diffusion\n")
+    assert imports_of(bad) == [(1, "segdiff.core.errors"), (4, "segdiff.models.diffusion")]
+    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path / "segdiff")
+    monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
+    assert violations() == ["segdiff/data/bad.py:4 (data, layer 2) imports segdiff.models.diffusion (models, layer 3)"]
+
+
+@pytest.mark.parametrize("stage", sorted(set(LAYERS) - {"cli"}))
+def test_each_stage_names_its_api(stage):
+    """Each subpackage's ``__init__`` re-exports its public API (as MONAI's do) and imports cleanly."""
+    import importlib
+
+    package = importlib.import_module(f"segdiff.{stage}")
+    assert package.__doc__ and package.__all__, stage
+    missing = [name for name in package.__all__ if not hasattr(package, name)]
+    assert not missing, f"segdiff.{stage}.__all__ names {missing}, which it does not define"
