@@ -16,7 +16,9 @@ from segdiff.evaluation.features.fid import (
     find_inception_weights,
     load_inception,
 )
-from segdiff.sources.weights import WeightsUnavailable
+from segdiff.evaluation.features.inception import InceptionFeatureExtractor
+from segdiff.evaluation.features.poster import PosterInceptionFeatures
+from segdiff.sources.weights import FETCH_COMMAND, WeightsUnavailable
 from tiny import fid_inception_state_dict
 
 # --------------------------------------------------------------------------- Inception weights
@@ -30,8 +32,6 @@ def fid_weights(tmp_path_factory):
     return path, state
 
 
-
-
 def test_weights_name_is_pytorch_fids():
     assert FID_WEIGHTS_NAME == "pt_inception-2015-12-05-6726825d.pth"
     assert FID_WEIGHTS_URL == fid_inception.FID_WEIGHTS_URL
@@ -42,7 +42,7 @@ def test_missing_weights_name_where_they_were_looked_for(empty_hub, tmp_path):
     with pytest.raises(WeightsUnavailable) as err:
         find_inception_weights()
     message = str(err.value)
-    assert str(hub_file) in message and "python -m segdiff.sources.weights fetch fid-inception" in message and fid_inception.FID_WEIGHTS_URL in message
+    assert str(hub_file) in message and f"{FETCH_COMMAND} fid-inception" in message and fid_inception.FID_WEIGHTS_URL in message
     configured = tmp_path / "elsewhere" / "inception.pth"
     with pytest.raises(WeightsUnavailable) as err:
         load_inception(configured)
@@ -90,3 +90,77 @@ def test_corrupt_or_foreign_weights_are_input_errors(tmp_path, empty_hub):
         with pytest.raises(InputError) as err:
             load_inception(path)
         assert str(err.value).startswith(f"{path}: ")
+
+
+# --------------------------------------------------------------------------- the shared base
+
+
+class _Doubling(InceptionFeatureExtractor):
+    """A stand-in network on the base: each slice's feature is its pixels doubled; records batch sizes."""
+
+    dims = 6
+    weights_name = FID_WEIGHTS_NAME
+    weights_what = "stand-in weights"
+    weights_mismatch = "not the stand-in weights"
+
+    @classmethod
+    def build(cls, state):
+        net = torch.nn.Linear(1, 1)
+        net.load_state_dict(state, strict=True)
+        return net
+
+    def prepare(self, images):
+        return torch.as_tensor(images, dtype=torch.float32)
+
+    def preprocess(self, batch):
+        return self.place(batch)
+
+    def features(self, x):
+        self.seen.append(len(x))
+        return 2 * x
+
+
+def test_both_extractors_share_the_base():
+    assert issubclass(InceptionFeatures, InceptionFeatureExtractor)
+    assert issubclass(PosterInceptionFeatures, InceptionFeatureExtractor)
+    assert InceptionFeatures.dims == PosterInceptionFeatures.dims == 2048
+    assert InceptionFeatures.find_weights is not PosterInceptionFeatures.find_weights  # bound to each class
+    assert InceptionFeatures.__call__ is PosterInceptionFeatures.__call__ is InceptionFeatureExtractor.__call__
+    with pytest.raises(TypeError):
+        InceptionFeatureExtractor(model=torch.nn.Identity())  # abstract: a subclass states what differs
+
+
+def test_base_batches_without_changing_features(tmp_path, empty_hub):
+    images = np.random.default_rng(0).random((7, 2, 3)).astype(np.float32)
+    whole = _Doubling(model=torch.nn.Identity(), batch_size=7)
+    whole.seen = []
+    expected = whole(images)
+    assert whole.seen == [7] and expected.shape == (7, 6) and expected.dtype == np.float64
+    np.testing.assert_array_equal(expected, 2 * images.reshape(7, 6).astype(np.float64))
+    for batch_size in (1, 3, 100):
+        extractor = _Doubling(model=torch.nn.Identity(), batch_size=batch_size)
+        extractor.seen = []
+        np.testing.assert_array_equal(extractor(images), expected)
+        assert max(extractor.seen) == min(batch_size, 7) and sum(extractor.seen) == 7  # O(batch) per pass
+    assert _Doubling(model=torch.nn.Identity())(images[:0]).shape == (0, 6)
+    # weights lookup, strict loading and freezing come from the base
+    path = tmp_path / "stand-in.pth"
+    torch.save(torch.nn.Linear(1, 1).state_dict(), path)
+    model = _Doubling.load(path)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    torch.save(torch.nn.Linear(2, 2).state_dict(), path)
+    with pytest.raises(InputError, match="not the stand-in weights"):
+        _Doubling.load(path)
+    with pytest.raises(WeightsUnavailable):
+        _Doubling()
+    with pytest.raises(ValueError, match="batch_size"):
+        _Doubling(model=torch.nn.Identity(), batch_size=0)
+
+
+def test_fid_features_do_not_depend_on_the_batch_size(fid_weights, empty_hub, one_thread):
+    path, _ = fid_weights
+    model = load_inception(path)
+    slices = np.random.default_rng(5).random((3, 24, 24)).astype(np.float32)
+    one_batch = InceptionFeatures(model=model, batch_size=3)(slices)
+    several = InceptionFeatures(model=model, batch_size=1)(slices)
+    np.testing.assert_allclose(several, one_batch, rtol=1e-5, atol=1e-6 * np.abs(one_batch).max())

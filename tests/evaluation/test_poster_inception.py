@@ -20,7 +20,8 @@ from segdiff.evaluation.features.poster import (
     poster_preprocess,
 )
 from segdiff.evaluation.poster import to_uint8_generated
-from segdiff.sources.weights import WeightsUnavailable
+from segdiff.evaluation.features.inception import InceptionFeatureExtractor
+from segdiff.sources.weights import FETCH_COMMAND, WeightsUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,6 @@ def torchvision_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("tv") / POSTER_WEIGHTS_NAME
     torch.save(state, path)
     return path, state
-
-
 
 
 def eval_py_features(image_list, model):
@@ -100,7 +99,7 @@ def test_missing_or_foreign_weights(empty_hub, tmp_path):
         PosterInceptionFeatures()
     message = str(err.value)
     hub_file = empty_hub / "checkpoints" / POSTER_WEIGHTS_NAME
-    assert str(hub_file) in message and "python -m segdiff.sources.weights fetch torchvision-inception" in message
+    assert str(hub_file) in message and f"{FETCH_COMMAND} torchvision-inception" in message
     assert models.Inception_V3_Weights.IMAGENET1K_V1.url in message
     configured = tmp_path / "configured.pth"
     with pytest.raises(WeightsUnavailable, match=str(configured)):
@@ -111,3 +110,16 @@ def test_missing_or_foreign_weights(empty_hub, tmp_path):
         load_poster_inception(foreign)
     with pytest.raises(ValueError, match="batch_size"):
         PosterInceptionFeatures(foreign, batch_size=0)
+
+
+def test_poster_features_are_the_base_batching(torchvision_weights, empty_hub, one_thread):
+    path, _ = torchvision_weights
+    extractor = PosterInceptionFeatures(path, batch_size=3)
+    assert isinstance(extractor, InceptionFeatureExtractor)
+    slices = np.random.default_rng(5).integers(0, 256, (3, 24, 24), dtype=np.uint8)
+    one_batch = extractor(slices)
+    several = PosterInceptionFeatures(model=extractor.model, batch_size=1)(slices[:, None])
+    np.testing.assert_allclose(several, one_batch, rtol=1e-5, atol=1e-6 * np.abs(one_batch).max())
+    with torch.no_grad():  # the base feeds poster_preprocess's output to the network
+        direct = extractor.model(poster_preprocess(slices)).double().numpy()
+    np.testing.assert_allclose(one_batch, direct, rtol=1e-6, atol=1e-7 * np.abs(direct).max())

@@ -7,15 +7,14 @@ grow with the number of slices. Feature extractors live elsewhere: :mod:`segdiff
 (FID), :mod:`segdiff.evaluation.features.poster` (the poster's FID network), :mod:`segdiff.evaluation.features.radiomics` (radiomics);
 the poster authors' protocol is :mod:`segdiff.evaluation.poster`.
 
-Conventions
------------
-* Images are ``(N, H, W)`` float arrays in ``[0, 1]``; one metric value per slice.
-* PSNR is capped at :data:`PSNR_CAP_DB` (100 dB) so identical slices give a finite number and
-  tables never show ``inf``; pass ``cap=None`` to get the raw (possibly infinite) values.
-* Dice is pooled: per class, ``2 * sum(|P ∩ T|) / (sum(|P|) + sum(|T|))`` over all slices, then
-  averaged over the classes present in the reference masks.
-* Diversity is the mean per-pixel standard deviation across several generations of one mask;
-  :func:`diversity_ratio` relates it to the spread of a reference ("oracle") generator.
+Conventions:
+    * Images are ``(N, H, W)`` float arrays in ``[0, 1]``; one metric value per slice.
+    * PSNR is capped at :data:`PSNR_CAP_DB` (100 dB) so identical slices give a finite number and
+      tables never show ``inf``; pass ``cap=None`` to get the raw (possibly infinite) values.
+    * Dice is pooled: per class, ``2 * sum(|P ∩ T|) / (sum(|P|) + sum(|T|))`` over all slices,
+      then averaged over the classes present in the reference masks.
+    * Diversity is the mean per-pixel standard deviation across several generations of one mask;
+      :func:`diversity_ratio` relates it to the spread of a reference ("oracle") generator.
 """
 
 from __future__ import annotations
@@ -65,20 +64,18 @@ def psnr(
 ) -> np.ndarray:
     """Per-slice peak signal-to-noise ratio in dB.
 
-    Parameters
-    ----------
-    generated, reference : np.ndarray
-        ``(N, H, W)`` float images, nominally in ``[0, data_range]``.
-    data_range : float
-        Peak value ``L`` in ``10 * log10(L**2 / MSE)``.
-    cap : float or None
-        Values are clipped to at most ``cap`` dB (default :data:`PSNR_CAP_DB`), so a slice
-        identical to its reference gives ``cap`` instead of ``inf``. ``None`` keeps ``inf``.
+    Args:
+        generated: ``(N, H, W)`` float images, nominally in ``[0, data_range]``.
+        reference: ``(N, H, W)`` float images of the same shape, nominally in ``[0, data_range]``.
+        data_range: Peak value ``L`` in ``10 * log10(L**2 / MSE)``.
+        cap: Values are clipped to at most ``cap`` dB (default :data:`PSNR_CAP_DB`), so a slice
+            identical to its reference gives ``cap`` instead of ``inf``. ``None`` keeps ``inf``.
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N,)`` float64 PSNR per slice (computed by :func:`skimage.metrics.peak_signal_noise_ratio`).
+
+    Raises:
+        ValueError: If the images are not ``(N, H, W)`` or differ in shape.
     """
     generated, reference = _image_pair(generated, reference)
     with np.errstate(divide="ignore"):  # MSE == 0 -> inf, handled by the cap
@@ -96,17 +93,16 @@ def ssim(generated: np.ndarray, reference: np.ndarray, data_range: float = 1.0) 
     (``use_sample_covariance=False``), computed by :func:`skimage.metrics.structural_similarity`
     in float64. Slices must be at least 11 pixels in each direction.
 
-    Parameters
-    ----------
-    generated, reference : np.ndarray
-        ``(N, H, W)`` float images in ``[0, data_range]``.
-    data_range : float
-        Dynamic range of the images (1.0 for ``[0, 1]``).
+    Args:
+        generated: ``(N, H, W)`` float images in ``[0, data_range]``.
+        reference: ``(N, H, W)`` float images of the same shape in ``[0, data_range]``.
+        data_range: Dynamic range of the images (1.0 for ``[0, 1]``).
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N,)`` float64 SSIM per slice (1.0 for identical slices).
+
+    Raises:
+        ValueError: If the images are not ``(N, H, W)`` or differ in shape.
     """
     generated, reference = _image_pair(generated, reference)
     return np.array(
@@ -155,10 +151,11 @@ class DiceAccumulator:
     * a class absent from every target is left out of :meth:`per_class` and :meth:`mean`
       (even if it was predicted: there is no reference to compare with).
 
-    Parameters
-    ----------
-    class_ids : Sequence[int]
-        Label values to score (usually the organ labels, without background 0).
+    Args:
+        class_ids: Label values to score (usually the organ labels, without background 0).
+
+    Raises:
+        ValueError: If ``class_ids`` is empty or has duplicates.
     """
 
     def __init__(self, class_ids: Sequence[int]):
@@ -169,7 +166,15 @@ class DiceAccumulator:
         self._target = np.zeros(k, dtype=np.int64)
 
     def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
-        """Add a batch of predicted and reference integer label maps (any shape, the same for both)."""
+        """Add a batch of predicted and reference integer label maps.
+
+        Args:
+            prediction: Predicted integer label map(s), any shape.
+            target: Reference integer label map(s), the shape of ``prediction``.
+
+        Raises:
+            ValueError: If the shapes differ or a map is not of an integer dtype.
+        """
         prediction, target = _label_pair(prediction, target)
         for i, c in enumerate(self.class_ids):
             p = prediction == c
@@ -195,18 +200,18 @@ class DiceAccumulator:
 def dice_per_slice(prediction: np.ndarray, target: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
     """Dice of each slice, averaged over the classes present in that slice's target.
 
-    Parameters
-    ----------
-    prediction, target : np.ndarray
-        ``(N, ...)`` integer label maps of the same shape.
-    class_ids : Sequence[int]
-        Label values to score.
+    Args:
+        prediction: ``(N, ...)`` integer label maps.
+        target: ``(N, ...)`` integer reference label maps, the shape of ``prediction``.
+        class_ids: Label values to score.
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N,)`` float64; NaN for a slice whose target contains none of ``class_ids``. Classes
         absent from a slice's target are ignored for that slice, as in :class:`DiceAccumulator`.
+
+    Raises:
+        ValueError: If the shapes differ, a map is not of an integer dtype or is a scalar, or
+            ``class_ids`` is empty or has duplicates.
     """
     prediction, target = _label_pair(prediction, target)
     ids = _class_ids(class_ids)
@@ -238,10 +243,11 @@ class GaussianStats:
     Batches are merged with the pairwise update of Chan et al. (mean and centred scatter
     matrix), which avoids the cancellation of the naive sum-of-outer-products formula.
 
-    Parameters
-    ----------
-    dim : int
-        Feature dimensionality (2048 for FID).
+    Args:
+        dim: Feature dimensionality (2048 for FID).
+
+    Raises:
+        ValueError: If ``dim`` is not positive.
     """
 
     def __init__(self, dim: int):
@@ -253,7 +259,14 @@ class GaussianStats:
         self._scatter = np.zeros((self.dim, self.dim), dtype=np.float64)
 
     def update(self, features: np.ndarray | torch.Tensor) -> None:
-        """Add a ``(B, dim)`` batch of feature vectors."""
+        """Add a batch of feature vectors.
+
+        Args:
+            features: ``(B, dim)`` feature vectors (an empty batch is a no-op).
+
+        Raises:
+            ValueError: If the shape is not ``(B, dim)`` or a value is NaN or inf.
+        """
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
         x = np.asarray(features, dtype=np.float64)
@@ -301,6 +314,16 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
     ``||mu_a - mu_b||^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))``, computed by
     :func:`pytorch_fid.fid_score.calculate_frechet_distance`. With Inception pool3 features
     this is the FID.
+
+    Args:
+        a: Statistics of the first feature set (at least two vectors).
+        b: Statistics of the second feature set (at least two vectors).
+
+    Returns:
+        The Fréchet distance.
+
+    Raises:
+        ValueError: If the feature dimensions differ or a set has fewer than two vectors.
     """
     if a.dim != b.dim:
         raise ValueError(f"feature dimensions differ: {a.dim} vs {b.dim}")
@@ -316,21 +339,20 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
 def diversity(generated: np.ndarray, mask: np.ndarray, ddof: int = 0) -> dict[str, float]:
     """Pixel-wise spread of several generations for the same mask.
 
-    Parameters
-    ----------
-    generated : np.ndarray
-        ``(N, k, H, W)``: ``k >= 2`` generations for each of ``N`` masks.
-    mask : np.ndarray
-        ``(N, H, W)`` label maps; pixels with ``mask > 0`` are inside organs.
-    ddof : int
-        Delta degrees of freedom of the standard deviation (0: population std, numpy's default).
+    Args:
+        generated: ``(N, k, H, W)``: ``k >= 2`` generations for each of ``N`` masks.
+        mask: ``(N, H, W)`` label maps; pixels with ``mask > 0`` are inside organs.
+        ddof: Delta degrees of freedom of the standard deviation (0: population std, numpy's
+            default).
 
-    Returns
-    -------
-    dict
+    Returns:
         ``{"inside": ..., "outside": ...}``: mean over pixels (pooled over all slices) of the
         per-pixel standard deviation across the ``k`` generations, for pixels inside and outside
         the organs; NaN for a region with no pixels.
+
+    Raises:
+        ValueError: If the shapes do not match or there are fewer than two generations per mask
+            (or not more than ``ddof``).
     """
     generated = np.asarray(generated)
     mask = np.asarray(mask)
@@ -361,22 +383,18 @@ def diversity_ratio(generated: np.ndarray, oracle: np.ndarray, mask: np.ndarray,
     model varies its renders inside the organs as much as the oracle (e.g. the phantom renderer
     with fresh noise), 0 means it always draws the same picture.
 
-    Parameters
-    ----------
-    generated : np.ndarray
-        ``(N, k, H, W)``: ``k >= 2`` generations for each of ``N`` masks.
-    oracle : np.ndarray
-        ``(N, k', H, W)``: ``k' >= 2`` reference renders of the same ``N`` masks (``k'`` may
-        differ from ``k``; with ``ddof=0`` equal counts compare like with like).
-    mask : np.ndarray
-        ``(N, H, W)`` label maps; pixels with ``mask > 0`` are inside organs.
-    ddof : int
-        Delta degrees of freedom of the standard deviations, see :func:`diversity`.
+    Args:
+        generated: ``(N, k, H, W)``: ``k >= 2`` generations for each of ``N`` masks.
+        oracle: ``(N, k', H, W)``: ``k' >= 2`` reference renders of the same ``N`` masks (``k'``
+            may differ from ``k``; with ``ddof=0`` equal counts compare like with like).
+        mask: ``(N, H, W)`` label maps; pixels with ``mask > 0`` are inside organs.
+        ddof: Delta degrees of freedom of the standard deviations, see :func:`diversity`.
 
-    Returns
-    -------
-    float
+    Returns:
         The ratio; NaN when the oracle's spread inside the organs is 0 or no pixel is inside.
+
+    Raises:
+        ValueError: If the shapes do not match (see :func:`diversity`).
     """
     generated = np.asarray(generated)
     oracle = np.asarray(oracle)

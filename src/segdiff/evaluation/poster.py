@@ -24,24 +24,23 @@ uint8 images (used as they are) or ``[0, 1]`` float images (converted by those r
 also resized images whose size differed from ``--img_size`` (256, the size they had): images are
 used here at their own size.
 
-Differences from the strict metrics of :mod:`segdiff.evaluation.metrics`
---------------------------------------------------------------
-* **Dice**: strict Dice is pooled over all slices per organ, without background, averaged over the
-  organs present in the reference masks; a slice missing an organ does not count for it. The
-  poster's Dice is per image, *with* background, averaged over *all* ``num_classes`` labels, and
-  a label absent from both masks scores ``(0 + 1e-5) / (0 + 1e-5) = 1``: with many labels and few
-  present in a slice (73 labels in the poster's MRI runs) it is dominated by absent classes and
-  background and is much higher than the strict value.
-* **PSNR/SSIM**: strict values are computed on float images in ``[0, 1]`` with data range 1,
-  SSIM with an 11x11 Gaussian window (sigma 1.5, population covariances, Wang et al. 2004), and
-  PSNR capped at 100 dB. The poster's are computed on 8-bit images, data range 255 for PSNR (no
-  cap: identical images give ``inf``) and the original's min-max range for SSIM, scikit-image's
-  default 7x7 uniform window; the originals are min-max stretched before quantisation while the
-  generations are not, which by itself lowers PSNR when a slice does not span ``[0, 1]``.
-* **FID**: strict FID uses pytorch-fid's TF-ported Inception weights
-  (:mod:`segdiff.evaluation.features.fid`) on the ``[0, 1]`` slices; the poster used torchvision's ImageNet
-  InceptionV3 (``fc`` removed) on 8-bit images resized to 299x299 by PIL with ImageNet
-  normalisation. The two FIDs are not comparable with each other.
+Differences from the strict metrics of :mod:`segdiff.evaluation.metrics`:
+    * **Dice**: strict Dice is pooled over all slices per organ, without background, averaged over the
+      organs present in the reference masks; a slice missing an organ does not count for it. The
+      poster's Dice is per image, *with* background, averaged over *all* ``num_classes`` labels, and
+      a label absent from both masks scores ``(0 + 1e-5) / (0 + 1e-5) = 1``: with many labels and few
+      present in a slice (73 labels in the poster's MRI runs) it is dominated by absent classes and
+      background and is much higher than the strict value.
+    * **PSNR/SSIM**: strict values are computed on float images in ``[0, 1]`` with data range 1,
+      SSIM with an 11x11 Gaussian window (sigma 1.5, population covariances, Wang et al. 2004), and
+      PSNR capped at 100 dB. The poster's are computed on 8-bit images, data range 255 for PSNR (no
+      cap: identical images give ``inf``) and the original's min-max range for SSIM, scikit-image's
+      default 7x7 uniform window; the originals are min-max stretched before quantisation while the
+      generations are not, which by itself lowers PSNR when a slice does not span ``[0, 1]``.
+    * **FID**: strict FID uses pytorch-fid's TF-ported Inception weights
+      (:mod:`segdiff.evaluation.features.fid`) on the ``[0, 1]`` slices; the poster used torchvision's ImageNet
+      InceptionV3 (``fc`` removed) on 8-bit images resized to 299x299 by PIL with ImageNet
+      normalisation. The two FIDs are not comparable with each other.
 """
 
 from __future__ import annotations
@@ -85,15 +84,14 @@ def to_uint8_generated(images: np.ndarray) -> np.ndarray:
 
     ``(clip(x, 0, 1) * 255).round().astype(uint8)``, rounding half to even (numpy).
 
-    Parameters
-    ----------
-    images : np.ndarray
-        ``(N, H, W)`` float images in ``[0, 1]`` (excursions up to 1e-3 are clipped).
+    Args:
+        images: ``(N, H, W)`` float images in ``[0, 1]`` (excursions up to 1e-3 are clipped).
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N, H, W)`` uint8.
+
+    Raises:
+        ValueError: If the images are not ``(N, H, W)`` floats in ``[0, 1]``.
     """
     images = _float_slices(images, "generated")
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
@@ -106,15 +104,14 @@ def to_uint8_original(images: np.ndarray) -> np.ndarray:
     ``max(max - min, 1e-5)``, then ``x * 255 + 0.5`` clamped to ``[0, 255]`` and truncated. A
     constant image becomes all zeros.
 
-    Parameters
-    ----------
-    images : np.ndarray
-        ``(N, H, W)`` float images in ``[0, 1]``.
+    Args:
+        images: ``(N, H, W)`` float images in ``[0, 1]``.
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N, H, W)`` uint8, each image stretched to the full 8-bit range.
+
+    Raises:
+        ValueError: If the images are not ``(N, H, W)`` floats in ``[0, 1]``.
     """
     x = torch.from_numpy(np.array(_float_slices(images, "original"), dtype=np.float32))
     out = np.empty(x.shape, dtype=np.uint8)
@@ -142,19 +139,21 @@ def _uint8_pair(generated: np.ndarray, original: np.ndarray, stretch_original: b
 def poster_psnr(generated: np.ndarray, original: np.ndarray, *, stretch_original: bool = True) -> np.ndarray:
     """Per-image PSNR of eval.py: ``peak_signal_noise_ratio(original, generated, data_range=255)``.
 
-    Parameters
-    ----------
-    generated, original : np.ndarray
-        ``(N, H, W)``, each either uint8 (used as is) or float in ``[0, 1]`` (converted by
-        :func:`to_uint8_generated`, and the originals by :func:`to_uint8_original`).
-    stretch_original : bool
-        Convert float originals with the per-image min-max stretch of the poster's
-        ``save_image(normalize=True)`` (default); ``False`` rounds them like the generations.
+    Args:
+        generated: ``(N, H, W)`` generations, uint8 (used as is) or float in ``[0, 1]``
+            (converted by :func:`to_uint8_generated`).
+        original: ``(N, H, W)`` originals, uint8 (used as is) or float in ``[0, 1]`` (converted
+            by :func:`to_uint8_original`, see ``stretch_original``).
+        stretch_original: Convert float originals with the per-image min-max stretch of the
+            poster's ``save_image(normalize=True)`` (default); ``False`` rounds them like the
+            generations.
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N,)`` float64 in dB; ``inf`` for identical images (eval.py has no cap).
+
+    Raises:
+        ValueError: If the shapes differ or are not ``(N, H, W)``, or float images are not in
+            ``[0, 1]``.
     """
     gen8, orig8 = _uint8_pair(generated, original, stretch_original)
     with np.errstate(divide="ignore"):
@@ -170,19 +169,18 @@ def poster_ssim(generated: np.ndarray, original: np.ndarray, *, stretch_original
     original.min())``: scikit-image's defaults (7x7 uniform window, sample covariances), the data
     range of that *original* uint8 image. Images must be at least 7 pixels each way.
 
-    Parameters
-    ----------
-    generated, original : np.ndarray
-        As in :func:`poster_psnr`.
-    stretch_original : bool
-        As in :func:`poster_psnr`.
+    Args:
+        generated: As in :func:`poster_psnr`.
+        original: As in :func:`poster_psnr`.
+        stretch_original: As in :func:`poster_psnr`.
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N,)`` float64. A constant original has data range 0, which removes SSIM's stabilising
         constants: the value is ~0, or NaN where a window is flat in both images. eval.py leaves
         NaN values out of its mean: average with ``np.nanmean``.
+
+    Raises:
+        ValueError: As :func:`poster_psnr`.
     """
     gen8, orig8 = _uint8_pair(generated, original, stretch_original)
     values = np.empty(len(gen8), dtype=np.float64)
@@ -210,20 +208,21 @@ def poster_dice(
     what eval.py's ``reduction="mean"`` gives for its one-image batches. Average the result over
     images to get eval.py's number.
 
-    Parameters
-    ----------
-    prediction, target : np.ndarray
-        ``(N, H, W)`` integer label maps with values in ``[0, num_classes)``.
-    num_classes : int
-        Number of labels, background included (eval.py's ``--num_classes``).
-    batch_size : int
-        Images per DiceLoss call (memory is ``batch_size * num_classes * H * W`` floats).
+    Args:
+        prediction: ``(N, H, W)`` integer label maps with values in ``[0, num_classes)``.
+        target: ``(N, H, W)`` integer reference label maps with values in ``[0, num_classes)``.
+        num_classes: Number of labels, background included (eval.py's ``--num_classes``).
+        batch_size: Images per DiceLoss call (memory is ``batch_size * num_classes * H * W``
+            floats).
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N,)`` float64 Dice per image; a label absent from both masks of an image counts as
         (almost exactly) 1, one present in the target but not predicted as ~0.
+
+    Raises:
+        ValueError: If the shapes differ or are not ``(N, H, W)``, a map is not of an integer
+            dtype or has labels outside ``[0, num_classes)``, or ``num_classes`` or
+            ``batch_size`` is not positive.
     """
     prediction, target = np.asarray(prediction), np.asarray(target)
     if prediction.shape != target.shape:

@@ -20,15 +20,17 @@ normalised with the ImageNet mean/std. The network is built with
 architecture torchvision builds for those weights) and the ``IMAGENET1K_V1`` state dict is loaded
 strictly, with ``weights_only=True``, from the local file ``inception_v3_google-0cc3c7bd.pth``
 found by :func:`segdiff.sources.weights.find_weights`: never random weights, never a download. Fetch it
-with ``python -m segdiff.sources.weights fetch torchvision-inception``.
+with ``segdiff weights fetch torchvision-inception``.
 
 The FID itself is :func:`segdiff.evaluation.metrics.frechet_distance` of two
 :class:`segdiff.evaluation.metrics.GaussianStats` fed with these features (eval.py's ``np.cov`` /
-``scipy.linalg.sqrtm`` formula).
+``scipy.linalg.sqrtm`` formula). Lookup, loading, placement and batching are those of
+:class:`segdiff.evaluation.features.inception.InceptionFeatureExtractor`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +39,9 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.models import Inception3, inception_v3
 
-from segdiff.core.errors import InputError
+from segdiff.evaluation.features.inception import InceptionFeatureExtractor, gray_slices
 from segdiff.evaluation.poster import to_uint8_generated
-from segdiff.sources.weights import KNOWN_WEIGHTS, find_weights, read_state_dict
+from segdiff.sources.weights import KNOWN_WEIGHTS
 
 __all__ = [
     "POSTER_WEIGHTS_NAME",
@@ -79,78 +81,25 @@ POSTER_TRANSFORM = transforms.Compose(
 """eval.py's ``fid_transform``, applied to an RGB PIL image."""
 
 
-def find_poster_inception_weights(path: str | Path | None = None) -> Path:
-    """Locate ``inception_v3_google-0cc3c7bd.pth`` (``path`` if given, else the torch hub cache).
-
-    Raises
-    ------
-    WeightsUnavailable
-        If the file is not there; the message names where it looked and the fetch command.
-    """
-    return find_weights(POSTER_WEIGHTS_NAME, path)
-
-
-def load_poster_inception(path: str | Path | None = None, device: str | torch.device = "cpu") -> Inception3:
-    """torchvision's InceptionV3 with the IMAGENET1K_V1 weights from a local file, ``fc`` removed.
-
-    Parameters
-    ----------
-    path : str, Path or None
-        Weights file, see :func:`find_poster_inception_weights`.
-    device : str or torch.device
-        Where to put the network.
-
-    Returns
-    -------
-    Inception3
-        In eval mode (its forward returns the ``(B, 2048)`` pooled features), parameters frozen.
-
-    Raises
-    ------
-    WeightsUnavailable
-        If the weights file is missing.
-    InputError
-        If the file is corrupt or not torchvision's InceptionV3 state dict (strict loading: every
-        parameter and buffer must come from the file).
-    """
-    found = find_poster_inception_weights(path)
-    state = read_state_dict(found, "torchvision InceptionV3 weights")
-    model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:  # missing/unexpected keys, shape mismatches
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(found, f"not torchvision's InceptionV3 weights ({reason})") from err
-    model.fc = torch.nn.Identity()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model.to(device).eval()
-
-
 def _uint8_slices(images: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
-    images = np.asarray(images)
-    if images.ndim == 4 and images.shape[1] == 1:
-        images = images[:, 0]
-    if images.ndim != 3:
-        raise ValueError(f"expected (B, H, W) or (B, 1, H, W) slices, got shape {images.shape}")
+    images = gray_slices(np.asarray(images))
     return images if images.dtype == np.uint8 else to_uint8_generated(images)
 
 
 def poster_preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """eval.py's input pipeline: 8-bit gray -> RGB -> 299x299 (PIL bilinear) -> [0, 1] -> ImageNet norm.
 
-    Parameters
-    ----------
-    images : np.ndarray or torch.Tensor
-        ``(B, H, W)`` or ``(B, 1, H, W)`` slices: uint8 (used as they are), or float in ``[0, 1]``
-        quantised by :func:`segdiff.evaluation.poster.to_uint8_generated`.
+    Args:
+        images: ``(B, H, W)`` or ``(B, 1, H, W)`` slices: uint8 (used as they are), or float in
+            ``[0, 1]`` quantised by :func:`segdiff.evaluation.poster.to_uint8_generated`.
 
-    Returns
-    -------
-    torch.Tensor
-        ``(B, 3, 299, 299)`` float32.
+    Returns:
+        ``(B, 3, 299, 299)`` float32 tensor.
+
+    Raises:
+        ValueError: If ``images`` has another shape.
     """
     slices = _uint8_slices(images)
     out = torch.empty((len(slices), 3, POSTER_INPUT_SIZE, POSTER_INPUT_SIZE), dtype=torch.float32)
@@ -160,50 +109,107 @@ def poster_preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return out
 
 
-class PosterInceptionFeatures:
+class PosterInceptionFeatures(InceptionFeatureExtractor):
     """Callable turning gray slices into the poster's 2048-d FID features.
 
-    Parameters
-    ----------
-    weights : str, Path or None
-        Weights file (see :func:`find_poster_inception_weights`); ignored when ``model`` is given.
-    device : str or torch.device
-        Device to run the network on.
-    batch_size : int
-        Slices per forward pass (eval.py used 50; the features do not depend on it).
-    model : torch.nn.Module, optional
-        An already loaded network from :func:`load_poster_inception`.
+    The network is ``inception_v3(weights=None, aux_logits=True, init_weights=False,
+    transform_input=False)`` with the IMAGENET1K_V1 state dict loaded strictly and ``fc``
+    replaced by :class:`torch.nn.Identity`; the slices go through :func:`poster_preprocess`.
+
+    Args:
+        weights: Weights file (see :func:`find_poster_inception_weights`); ignored when ``model``
+            is given.
+        device: Device to run the network on.
+        batch_size: Slices per forward pass (eval.py used 50; the features do not depend on it).
+        model: An already loaded network from :func:`load_poster_inception`.
+
+    Raises:
+        ValueError: If ``batch_size`` is not positive.
+        WeightsUnavailable: If ``model`` is not given and the weights file is missing.
+        InputError: If ``model`` is not given and the file is corrupt or not torchvision's
+            InceptionV3 state dict.
     """
 
     dims = POSTER_FEATURE_DIMS
+    weights_name = POSTER_WEIGHTS_NAME
+    weights_what = "torchvision InceptionV3 weights"
+    weights_mismatch = "not torchvision's InceptionV3 weights"
 
-    def __init__(
-        self,
-        weights: str | Path | None = None,
-        device: str | torch.device = "cpu",
-        batch_size: int = 32,
-        model: torch.nn.Module | None = None,
-    ):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        model = model if model is not None else load_poster_inception(weights, self.device)
-        self.model = model.to(self.device).eval()
+    @classmethod
+    def build(cls, state: Mapping[str, torch.Tensor]) -> Inception3:
+        """torchvision's InceptionV3 as built for IMAGENET1K_V1, ``state`` loaded strictly, ``fc`` removed.
 
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Features of ``(B, H, W)`` or ``(B, 1, H, W)`` slices (uint8, or float in ``[0, 1]``).
+        Args:
+            state: The state dict of ``inception_v3_google-0cc3c7bd.pth``.
 
-        Returns
-        -------
-        np.ndarray
-            ``(B, 2048)`` float64.
+        Returns:
+            The network; in eval mode its forward returns the ``(B, 2048)`` pooled features.
+
+        Raises:
+            RuntimeError: If ``state`` does not fit the network.
         """
-        slices = _uint8_slices(images)
-        out = np.empty((len(slices), self.dims), dtype=np.float64)
-        for start in range(0, len(slices), self.batch_size):
-            batch = poster_preprocess(slices[start : start + self.batch_size]).to(self.device)
-            feats = self.model(batch)
-            out[start : start + len(batch)] = feats.reshape(len(batch), -1).double().cpu().numpy()
-        return out
+        model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=False)
+        model.load_state_dict(state, strict=True)
+        model.fc = torch.nn.Identity()
+        return model
+
+    def prepare(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The slices as 8-bit images, as eval.py read them.
+
+        Args:
+            images: ``(B, H, W)`` or ``(B, 1, H, W)`` slices: uint8 (used as they are), or float
+                in ``[0, 1]`` quantised by :func:`segdiff.evaluation.poster.to_uint8_generated`.
+
+        Returns:
+            ``(B, H, W)`` uint8 array.
+
+        Raises:
+            ValueError: If ``images`` has another shape.
+        """
+        return _uint8_slices(images)
+
+    def preprocess(self, batch: np.ndarray) -> torch.Tensor:
+        """eval.py's ``fid_transform`` of a batch (see :func:`poster_preprocess`).
+
+        Args:
+            batch: ``(b, H, W)`` uint8 slices from :meth:`prepare`.
+
+        Returns:
+            ``(b, 3, 299, 299)`` on the extractor's device and precision.
+        """
+        return self.place(poster_preprocess(batch))
+
+
+def find_poster_inception_weights(path: str | Path | None = None) -> Path:
+    """Locate ``inception_v3_google-0cc3c7bd.pth`` without downloading anything.
+
+    Args:
+        path: The configured file (it must exist), or None for the torch hub cache.
+
+    Returns:
+        The path of the weights file.
+
+    Raises:
+        WeightsUnavailable: If the file is not there; the message names where it looked and the
+            fetch command.
+    """
+    return PosterInceptionFeatures.find_weights(path)
+
+
+def load_poster_inception(path: str | Path | None = None, device: str | torch.device = "cpu") -> Inception3:
+    """torchvision's InceptionV3 with the IMAGENET1K_V1 weights from a local file, ``fc`` removed.
+
+    Args:
+        path: Weights file, see :func:`find_poster_inception_weights`.
+        device: Where to put the network.
+
+    Returns:
+        The network in eval mode (its forward returns the ``(B, 2048)`` pooled features),
+        parameters frozen.
+
+    Raises:
+        WeightsUnavailable: If the weights file is missing.
+        InputError: If the file is corrupt or not torchvision's InceptionV3 state dict (strict
+            loading: every parameter and buffer must come from the file).
+    """
+    return PosterInceptionFeatures.load(path, device)

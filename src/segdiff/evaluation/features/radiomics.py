@@ -81,22 +81,22 @@ def radiomics_features(
 ) -> np.ndarray:
     """FRDv1 radiomic features of each slice, extracted by frd-score / PyRadiomics.
 
-    Parameters
-    ----------
-    images : np.ndarray
-        ``(N, H, W)`` float slices in ``[0, 1]`` (excursions up to 1e-3 are clipped), each side at
-        least :data:`FRD_MIN_SIZE`.
-    batch_size : int
-        Slices written to disk at a time (the temporary folder holds at most this many PNGs).
-    num_workers : int
-        ``1`` extracts in this process; more uses frd-score's ``compute_features`` process pool.
-    tmp_dir : str, Path or None
-        Where the temporary folder is made (default: the system's temporary directory).
+    Args:
+        images: ``(N, H, W)`` float slices in ``[0, 1]`` (excursions up to 1e-3 are clipped),
+            each side at least :data:`FRD_MIN_SIZE`.
+        batch_size: Slices written to disk at a time (the temporary folder holds at most this
+            many PNGs).
+        num_workers: ``1`` extracts in this process; more uses frd-score's ``compute_features``
+            process pool.
+        tmp_dir: Where the temporary folder is made (default: the system's temporary directory).
 
-    Returns
-    -------
-    np.ndarray
+    Returns:
         ``(N, F)`` float64 raw (unnormalised) features, in frd-score's order; may contain NaN.
+
+    Raises:
+        ValueError: If the slices are not ``(N, H, W)`` floats in ``[0, 1]`` of at least
+            :data:`FRD_MIN_SIZE` px a side, or ``batch_size`` or ``num_workers`` is not positive.
+        RuntimeError: If frd-score returns different features for different slices.
     """
     images = _check_slices(images, "images")
     if int(batch_size) < 1:
@@ -157,20 +157,19 @@ def _feature_set(features: np.ndarray, name: str) -> np.ndarray:
 def frd_from_features(real_features: np.ndarray, generated_features: np.ndarray, *, log: bool = True) -> float:
     """FRDv1 between two sets of :func:`radiomics_features`.
 
-    Parameters
-    ----------
-    real_features : np.ndarray
-        ``(N, F)`` features of the real slices: the normalisation reference (frd-score's D1).
-    generated_features : np.ndarray
-        ``(M, F)`` features of the generated slices.
-    log : bool
-        Return frd-score's FRD, ``log(d^2)`` (default); ``False`` returns the squared Fréchet
-        distance ``d^2`` itself (0 for identical sets).
+    Args:
+        real_features: ``(N, F)`` features of the real slices: the normalisation reference
+            (frd-score's D1).
+        generated_features: ``(M, F)`` features of the generated slices.
+        log: Return frd-score's FRD, ``log(d^2)`` (default); ``False`` returns the squared
+            Fréchet distance ``d^2`` itself (0 for identical sets).
 
-    Returns
-    -------
-    float
+    Returns:
         The FRD. With ``log=True`` it is ``-inf`` when ``d^2 <= 0`` (identical feature sets).
+
+    Raises:
+        ValueError: If a set is not ``(N, F)`` or has fewer than two slices without NaN
+            features, the feature counts differ, or no feature varies across the real slices.
     """
     real = _feature_set(real_features, "real_features")
     generated = _feature_set(generated_features, "generated_features")
@@ -215,18 +214,19 @@ def frd(
 ) -> float:
     """Fréchet Radiomics Distance (FRDv1) between real and generated slices.
 
-    Parameters
-    ----------
-    real, generated : np.ndarray
-        ``(N, H, W)`` and ``(M, H', W')`` float slices in ``[0, 1]``; ``real`` is the
-        normalisation reference.
-    log, batch_size, num_workers, tmp_dir
-        See :func:`frd_from_features` and :func:`radiomics_features`.
+    Args:
+        real: ``(N, H, W)`` float slices in ``[0, 1]``, the normalisation reference.
+        generated: ``(M, H', W')`` float slices in ``[0, 1]``.
+        log: See :func:`frd_from_features`.
+        batch_size: See :func:`radiomics_features`.
+        num_workers: See :func:`radiomics_features`.
+        tmp_dir: See :func:`radiomics_features`.
 
-    Returns
-    -------
-    float
+    Returns:
         ``frd_from_features(radiomics_features(real), radiomics_features(generated))``.
+
+    Raises:
+        ValueError: As :func:`radiomics_features` and :func:`frd_from_features`.
     """
     options = {"batch_size": batch_size, "num_workers": num_workers, "tmp_dir": tmp_dir}
     return frd_from_features(radiomics_features(real, **options), radiomics_features(generated, **options), log=log)
@@ -239,6 +239,17 @@ def dominant_feature(real_features: np.ndarray, generated_features: np.ndarray) 
     slices but not in the generated ones then gets huge z-scores and can decide the FRD alone.
     ``share`` is that feature's part of the squared mean difference of the z-scored sets, ``z``
     its mean difference in reference standard deviations.
+
+    Args:
+        real_features: ``(N, F)`` :func:`radiomics_features` of the real slices (the reference).
+        generated_features: ``(M, F)`` :func:`radiomics_features` of the generated slices.
+
+    Returns:
+        ``(index, share, reference std, z)`` of the dominant feature, after dropping slices with
+        NaN features as FRDv1 does; ``(-1, 0.0, nan, 0.0)`` when the mean term is 0.
+
+    Raises:
+        ValueError: If a set is not ``(N, F)`` or has fewer than two slices without NaN features.
     """
     real = _feature_set(real_features, "real_features").astype(np.float64)
     generated = _feature_set(generated_features, "generated_features").astype(np.float64)
