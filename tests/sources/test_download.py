@@ -1,20 +1,28 @@
-"""Tests of segdiff.sources.download against a loopback HTTP server (no outside network access)."""
+"""Tests of segdiff.sources.download (http, zenodo, amos) and ``segdiff download``.
+
+Against a loopback HTTP server (no outside network access).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import tomllib
 import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import pytest
 from amos_fixture import AMOS_RECORD_ID, make_amos_zip, make_zip, md5_hex, serve, serve_amos
+from conftest import REPO
 
+from segdiff import cli
+from segdiff.core.errors import SegdiffError
 from segdiff.sources import download as dl
 from segdiff.sources.casesheet import sheet_from_amos
-from segdiff.core.errors import SegdiffError
+from segdiff.sources.download import http as dl_http
 
 KEY = "amos22.zip"
 EXPECTED_MODALITY = {"amos_0001": "ct", "amos_0002": "ct", "amos_0540": "mri"}
@@ -361,7 +369,7 @@ def test_unsafe_zip_is_refused_and_nothing_is_written(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["dotdot", "nested-dotdot"])
 def test_resolved_path_check_catches_what_the_name_check_would_miss(tmp_path, monkeypatch, kind):
     """Belt and braces: with a naive name check, the resolved-path check still refuses."""
-    monkeypatch.setattr(dl, "_member_parts", lambda name: tuple(p for p in name.split("/") if p))
+    monkeypatch.setattr(dl_http, "_member_parts", lambda name: tuple(p for p in name.split("/") if p))
     members, links, _ = _evil_zips(tmp_path)[kind]
     zip_path = make_zip(tmp_path / "evil.zip", members, symlinks=links)
     before = tree(tmp_path)
@@ -434,10 +442,75 @@ def test_zip_without_dataset_json_is_reported(tmp_path):
 
 def test_cli(tmp_path, amos_zip, capsys):
     with serve_amos(amos_zip) as amos:
-        assert dl.main(["amos", "--root", str(tmp_path), "--url", amos.api_url]) == 0
+        assert cli.main(["download", "amos", "--root", str(tmp_path), "--url", amos.api_url]) == 0
         assert capsys.readouterr().out.strip() == str(tmp_path / "amos22")
-        assert dl.main(["amos", "--root", str(tmp_path / "other"), "--url", amos.api_url, "--md5", "0" * 32]) == 1
+        assert cli.main(["download", "amos", "--root", str(tmp_path / "other"), "--url", amos.api_url, "--md5", "0" * 32]) == 1
     err = capsys.readouterr().err
     assert "error: " in err and "md5 mismatch: expected 00000000000000000000000000000000" in err
     assert issubclass(dl.DownloadError, SegdiffError)
     assert os.listdir(tmp_path / "other") == []
+
+
+def test_cli_download_arguments(tmp_path, capsys):
+    args = cli.build_parser().parse_args(["download", "amos", "--root", str(tmp_path)])
+    assert (args.command, args.dataset, args.root) == ("download", "amos", tmp_path)
+    assert (args.url, args.key, args.md5, args.keep_zip) == (dl.AMOS_RECORD_API, dl.AMOS_KEY, None, False)
+    args = cli.build_parser().parse_args(
+        ["download", "amos", "--root", "r", "--url", "http://x/api/records/1", "--md5", "a" * 32, "--key", "k.zip", "--keep-zip"]
+    )
+    assert (args.url, args.md5, args.key, args.keep_zip) == ("http://x/api/records/1", "a" * 32, "k.zip", True)
+    bad = ((["download", "amos"], "--root"), (["download"], "dataset"), (["download", "kaggle", "--root", "r"], "invalid choice"))
+    for argv, message in bad:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_download_keeps_the_zip_and_is_idempotent(tmp_path, amos_zip, capsys):
+    with serve_amos(amos_zip) as amos:
+        argv = ["download", "amos", "--root", str(tmp_path), "--url", amos.api_url, "--keep-zip"]
+        assert cli.main(argv) == 0
+        n = amos.server.count
+        assert cli.main(argv) == 0 and amos.server.count == n  # second run: no request
+    assert capsys.readouterr().out.split() == [str(tmp_path / "amos22")] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["amos22", KEY]
+
+
+def test_one_entry_point():
+    """``segdiff`` (cli.main) is the only command line: the library modules have none."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"segdiff": "segdiff.cli:main"}
+    from segdiff.sources import weights
+    from segdiff.sources.download import amos, zenodo
+
+    for module in (dl, dl_http, zenodo, amos, weights):
+        assert not hasattr(module, "main"), module.__name__
+    assert dl.download is dl_http.download and weights.download is dl_http.download  # one transfer
+
+
+# --------------------------------------------------------------------------------------------
+# download(): SHA-256 (torch hub's file-name convention), permissions, nothing to verify against
+# --------------------------------------------------------------------------------------------
+
+
+def test_download_checks_sha256_and_its_prefix(tmp_path):
+    data = os.urandom(50_000)
+    digest = hashlib.sha256(data).hexdigest()
+    with serve({"/w.pth": data}) as server:
+        for i, expected in enumerate((digest, digest[:8].upper(), "sha256:" + digest)):
+            dest = tmp_path / f"ok{i}.pth"
+            assert dl.download(server.url("/w.pth"), dest, sha256=expected, mode=0o640) == dest
+            assert dest.read_bytes() == data and dest.stat().st_mode & 0o777 == 0o640
+        dest = tmp_path / "bad.pth"
+        with pytest.raises(dl.ChecksumError, match=rf"SHA-256 mismatch: expected a digest starting with deadbeef, got {digest}"):
+            dl.download(server.url("/w.pth"), dest, sha256="deadbeef")
+        assert not dest.exists() and not (tmp_path / "bad.pth.part").exists()
+        with pytest.raises(dl.DownloadError, match="not a SHA-256 digest"):
+            dl.download(server.url("/w.pth"), dest, sha256="xyz")
+        n = server.count
+        dl.download(server.url("/w.pth"), tmp_path / "ok0.pth", sha256=digest[:8])  # verified: no request
+        assert server.count == n
+        dl.download(server.url("/w.pth"), tmp_path / "ok0.pth")  # nothing to verify it against: fetched again
+        assert server.count == n + 1
+    with pytest.raises(dl.DownloadError, match="not an http"):
+        dl.download("file:///etc/passwd", tmp_path / "x")

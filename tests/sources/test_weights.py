@@ -1,4 +1,4 @@
-"""Weights lookup (never a download) and the explicit fetch, against a loopback HTTP server."""
+"""Weights lookup (never a download), the explicit fetch and ``segdiff weights``, against a loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -10,13 +10,21 @@ import threading
 import numpy as np
 import pytest
 import torch
+from amos_fixture import serve
 from pytorch_fid.inception import FID_WEIGHTS_URL
 from torchvision.models import Inception_V3_Weights
 
-import segdiff.sources.weights as weights
+from segdiff import cli
 from segdiff.core.errors import InputError
-from segdiff.sources.weights import KNOWN_WEIGHTS, WeightsUnavailable, fetch_weights, find_weights, read_state_dict
-
+from segdiff.sources.weights import (
+    FETCH_COMMAND,
+    KNOWN_WEIGHTS,
+    WeightsUnavailable,
+    fetch_known_weights,
+    fetch_weights,
+    find_weights,
+    read_state_dict,
+)
 
 
 # --------------------------------------------------------------------------- known sets and lookup
@@ -37,7 +45,7 @@ def test_missing_known_weights_name_where_they_were_looked_for(key, empty_hub, t
         with pytest.raises(WeightsUnavailable) as err:
             find_weights(name)
         message = str(err.value)
-        assert str(hub_file) in message and f"python -m segdiff.sources.weights fetch {key}" in message and known.url in message
+        assert str(hub_file) in message and f"segdiff weights fetch {key}" in message and known.url in message
     configured = tmp_path / "elsewhere" / "weights.pth"
     with pytest.raises(WeightsUnavailable) as err:
         find_weights(key, configured)
@@ -149,18 +157,98 @@ def test_fetch_command_line(served, empty_hub, tmp_path, capsys):
     root, base = served
     (root / "weights.bin").write_bytes(b"abc")
     dest = tmp_path / "cli.pth"
-    assert weights.main(["fetch", "fid-inception", "--dest", str(dest), "--url", f"{base}/weights.bin"]) == 0
+    assert cli.main(["weights", "fetch", "fid-inception", "--dest", str(dest), "--url", f"{base}/weights.bin"]) == 0
     assert dest.read_bytes() == b"abc" and str(dest) in capsys.readouterr().out
     # no --dest: the hub cache under the set's own file name, where find_weights looks
-    assert weights.main(["fetch", "torchvision-inception", "--url", f"{base}/weights.bin"]) == 0
+    assert cli.main(["weights", "fetch", "torchvision-inception", "--url", f"{base}/weights.bin"]) == 0
     assert find_weights("torchvision-inception").read_bytes() == b"abc"
     # a directory as --dest receives the set's file name
-    assert weights.main(["fetch", "fid-inception", "--dest", str(tmp_path), "--url", f"{base}/weights.bin"]) == 0
+    assert cli.main(["weights", "fetch", "fid-inception", "--dest", str(tmp_path), "--url", f"{base}/weights.bin"]) == 0
     assert (tmp_path / KNOWN_WEIGHTS["fid-inception"].file_name).read_bytes() == b"abc"
     capsys.readouterr()
+    assert cli.main(["weights", "fetch", "fid-inception", "--dest", str(tmp_path / "x.pth"), "--url", f"{base}/nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "404" in err and f"{base}/nope" in err
     with pytest.raises(SystemExit) as exit_:
-        weights.main(["fetch", "fid-inception", "--dest", str(tmp_path / "x.pth"), "--url", f"{base}/nope"])
-    assert exit_.value.code == 1 and "404" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        weights.main(["fetch", "no-such-weights"])
+        cli.main(["weights", "fetch", "no-such-weights"])
     assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_weights_arguments(capsys):
+    assert FETCH_COMMAND == "segdiff weights fetch"  # what find_weights' messages tell the user to run
+    args = cli.build_parser().parse_args(["weights", "fetch", "fid-inception"])
+    expected = ("weights", "fetch", "fid-inception", None, None, 60.0)
+    assert (args.command, args.action, args.name, args.dest, args.url, args.timeout) == expected
+    args = cli.build_parser().parse_args(
+        ["weights", "fetch", "torchvision-inception", "--dest", "d", "--url", "http://m/w.pth", "--timeout", "5"]
+    )
+    assert (args.name, str(args.dest), args.url, args.timeout) == ("torchvision-inception", "d", "http://m/w.pth", 5.0)
+    bad = (
+        (["weights"], "action"),
+        (["weights", "fetch"], "name"),
+        (["weights", "fetch", "fid-inception", "--timeout", "x"], "invalid float"),
+    )
+    for argv, message in bad:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown weight set 'nope'"):
+        fetch_known_weights("nope")
+
+
+# --------------------------------------------------------------------------- resume (the shared transfer)
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Talk to 127.0.0.1 directly even where a proxy is configured."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+
+
+def test_cut_weights_transfer_resumes_with_range(no_proxy, tmp_path):
+    payload = np.random.default_rng(5).bytes(2 * 2**20 + 5)
+    name = f"w-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
+    cut = len(payload) // 3
+    (tmp_path / "out").mkdir()  # an existing directory receives the URL's file name
+    with serve({f"/{name}": payload}) as server:
+        server.cut(f"/{name}", cut)
+        dest = fetch_weights(server.url(f"/{name}"), tmp_path / "out", timeout=10)
+        hits = [(h.range, h.status) for h in server.requests(f"/{name}")]
+        assert hits == [(None, 200), (f"bytes={cut}-", 206)]
+        assert dest == tmp_path / "out" / name and dest.read_bytes() == payload
+        assert dest.stat().st_mode & 0o777 == 0o644 and [p.name for p in dest.parent.iterdir()] == [name]
+        n = server.count
+        assert fetch_weights(server.url(f"/{name}"), dest, timeout=10) == dest  # verified against its hash: no request
+        assert server.count == n
+
+
+def test_interrupted_weights_fetch_keeps_the_part_and_segdiff_weights_resumes_it(no_proxy, empty_hub, tmp_path, capsys):
+    payload = np.random.default_rng(6).bytes(3 * 2**20 + 11)
+    name = f"w-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
+    dest = tmp_path / "fid.pth"
+    part = tmp_path / "fid.pth.part"
+    cut = len(payload) // 2 + 7
+    with serve({f"/{name}": payload}) as server:
+        url = server.url(f"/{name}")
+        server.cut(f"/{name}", cut)
+        with pytest.raises(WeightsUnavailable) as err:
+            fetch_weights(url, dest, timeout=10, retries=0)
+        message = str(err.value)
+        assert message.startswith(f"could not download {url} to {dest}: ") and "rerun to resume" in message
+        assert not dest.exists() and part.read_bytes() == payload[:cut]
+        assert cli.main(["weights", "fetch", "fid-inception", "--dest", str(dest), "--url", url, "--timeout", "10"]) == 0
+        assert [(h.range, h.status) for h in server.requests(f"/{name}")] == [(None, 200), (f"bytes={cut}-", 206)]
+    assert capsys.readouterr().out.strip() == str(dest)
+    assert dest.read_bytes() == payload and not part.exists() and dest.stat().st_mode & 0o777 == 0o644
+    assert not (empty_hub / "checkpoints").exists()  # --dest given: nothing in the hub cache
+
+
+def test_existing_weights_without_a_hash_are_fetched_again(served, tmp_path):
+    root, base = served
+    (root / "weights.bin").write_bytes(b"new")
+    dest = tmp_path / "w.pth"
+    dest.write_bytes(b"old")
+    assert fetch_weights(f"{base}/weights.bin", dest, timeout=10) == dest and dest.read_bytes() == b"new"

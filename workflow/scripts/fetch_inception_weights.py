@@ -1,4 +1,4 @@
 from segdiff.pipeline.runtime import run_script
-from segdiff.sources.weights import KNOWN_WEIGHTS, fetch_weights
+from segdiff.sources.weights import fetch_known_weights
 
-run_script(snakemake, lambda: fetch_weights(KNOWN_WEIGHTS[snakemake.params.weights].url, snakemake.output[0]))
+run_script(snakemake, lambda: fetch_known_weights(snakemake.params.weights, snakemake.output[0]))
