@@ -58,6 +58,41 @@ def test_all_view_store_and_subset_match_the_in_memory_choice(tmp_path):
     assert len(chosen) == 7
 
 
+def test_multi_store_reads_every_row_image_and_mask_in_request_order(tmp_path):
+    """A model on view ``all`` reads three stores at once: any shuffled index (with repeats) must give, at each
+    position, the image AND mask of that row's own shard slice, whatever store it lies in."""
+    views = {"axial": (5, 0, 3, 4, 6), "coronal": (2, 4, 1, 3, 5), "sagittal": (3, 2, 4, 0, 2)}
+    folders, expected = [], []  # expected: (case, view, slice, image, mask) per store row, in store order
+    for seed, (view, sizes) in enumerate(views.items()):
+        manifest, folder = make_subset(tmp_path, view, sizes=sizes, seed=seed)
+        folders.append(folder)
+        for row in manifest.itertuples():
+            shard = read_shard(row.shard)
+            expected += [(row.case, view, int(s), shard.image[j], shard.mask[j]) for j, s in enumerate(shard.slice)]
+    store = SliceStore(folders)
+    assert len(store) == len(expected) == 18 + 15 + 11 and set(store.view) == set(views)
+    rng = np.random.default_rng(7)
+    index = np.concatenate([rng.permutation(len(store)), rng.integers(0, len(store), 9)])  # unsorted, repeats
+    images, masks = store.read(index)
+    for position, row in enumerate(index):
+        case, view, slice_, image, mask = expected[row]
+        assert (store.case[row], store.view[row], store.slice[row]) == (case, view, slice_)
+        np.testing.assert_array_equal(images[position], image, err_msg=f"image at position {position} (row {row})")
+        np.testing.assert_array_equal(masks[position], mask, err_msg=f"mask at position {position} (row {row})")
+    taken = store.take(index)
+    np.testing.assert_array_equal(taken.mask, masks)
+    np.testing.assert_array_equal(taken.view, store.view[index])
+    # a split selection keeps the pairing too (positions no longer equal store rows)
+    test = SliceStore(folders, ["test"])
+    order = rng.permutation(len(test))
+    images, masks = test.read(order)
+    for position, i in enumerate(order):
+        j = next(k for k, e in enumerate(expected)
+                 if e[:3] == (test.case[i], test.view[i], test.slice[i]))
+        np.testing.assert_array_equal(images[position], expected[j][3])
+        np.testing.assert_array_equal(masks[position], expected[j][4])
+
+
 def test_store_refuses_a_foreign_or_mismatched_folder(tmp_path):
     with pytest.raises(InputError, match="not a slice store"):
         SliceStore([tmp_path])

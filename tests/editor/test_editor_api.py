@@ -6,10 +6,12 @@ import base64
 import gzip
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 import urllib.request
 
 import nibabel as nib
@@ -19,6 +21,9 @@ from editor_fixture import IMAGE_SIZE, UNSEEN, build_results
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import segdiff.editor.mask_io as mask_io
+from segdiff.core.checkpoints import MODEL_FORMAT, load_file, save_file
+from segdiff.core.labels import load_label_map
 from segdiff.editor.app import EditorSettings, create_app
 from segdiff.editor.mask_io import encode_mask
 from segdiff.data.store import SliceStore
@@ -205,6 +210,78 @@ def test_bad_uploads_are_4xx_with_a_message(client, results, tmp_path):
     response = huge.post("/api/upload", files={"file": ("m.npy", npy(mask))}, data={"model": "ct_axial"})
     assert response.status_code == 413 and "larger than" in response.json()["detail"]
     assert client.get("/api/config").status_code == 200  # the server is still up
+
+
+def zero_volume_nii_gz(shape: tuple[int, int, int]) -> bytes:
+    """A ``.nii.gz`` of a uint8 zero volume of ``shape``, about 1 KiB per MiB of voxels: a gzip bomb.
+
+    Built from concatenated gzip members (one per MiB of zeros) so that the test never holds the volume.
+    """
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header.set_data_offset(352)
+    voxels = int(np.prod(shape))
+    mib = gzip.compress(bytes(1 << 20))
+    return (gzip.compress(header.binaryblock + bytes(4)) + mib * (voxels >> 20)
+            + gzip.compress(bytes(voxels & ((1 << 20) - 1))))
+
+
+def test_a_nifti_gzip_bomb_is_refused_without_decompressing_it(client, monkeypatch):
+    assert mask_io.MAX_NIFTI_BYTES <= 1 << 30
+    monkeypatch.setattr(mask_io, "MAX_NIFTI_BYTES", 64 << 20)  # the same check at a size a test can afford
+    bomb = zero_volume_nii_gz((512, 512, 257))  # 64.25 MiB of zeros
+    assert len(bomb) < 1 << 20
+    tracemalloc.start()
+    try:
+        response = upload(client, bomb, slice="1", view="axial")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("upload: ") and "512 x 512 x 257" in detail and "more than the 64 MiB limit" in detail, detail
+    assert peak < 16 << 20, f"{peak >> 20} MiB allocated while refusing a {len(bomb) >> 10} KiB upload"
+    # a volume within the limit is read (the check is on the size, not on the format)
+    small = upload(client, zero_volume_nii_gz((64, 64, 8)), slice="1", view="axial")
+    assert small.status_code == 200 and not decode(small.json()["mask"]).any(), small.text
+    corrupt = bytearray(zero_volume_nii_gz((64, 64, 8)))
+    corrupt[12:14] = bytes([corrupt[12] ^ 0xFF, corrupt[13] ^ 0x55])  # a broken deflate stream
+    response = upload(client, bytes(corrupt), slice="1", view="axial")
+    assert response.status_code == 422 and "corrupt gzip data" in response.json()["detail"], response.text
+    assert client.get("/api/config").status_code == 200  # the server is still up
+
+
+def test_an_id_in_a_gap_of_the_label_map_is_refused(results, tmp_path):
+    """TotalVibeSegmentator's map has no id 20: 20 lies below max_id but is no label, in every way a mask arrives."""
+    labels = load_label_map("totalvibe")
+    assert 20 not in labels.ids and {19, 21} <= set(labels.ids) and labels.max_id > 20
+    study = tmp_path / "study"
+    shutil.copytree(results, study)
+    model_file = study / "models/diffusion/ct_axial.pt"
+    payload = load_file(model_file, MODEL_FORMAT, "diffusion")
+    payload["meta"]["labels"] = labels.names
+    save_file(model_file, {k: v for k, v in payload.items() if k not in ("format", "kind")}, MODEL_FORMAT, "diffusion")
+    app = create_app(study, device="cpu")
+    with TestClient(app) as gap_client:
+        assert [label["id"] for label in gap_client.get("/api/config").json()["labels"]] == labels.ids
+        neighbours = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        neighbours[:4, :4], neighbours[4:8, :4] = 19, 21
+        accepted = upload(gap_client, png(neighbours))
+        assert accepted.status_code == 200, accepted.text  # the ids either side of the gap are labels
+        gap = neighbours.copy()
+        gap[8:12, :4] = 20
+        volume = np.zeros((8, 8, 4), np.uint8)
+        volume[2:6, 2:6, :] = 20
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "gap.nii.gz")
+        for data, form in ((png(gap), {}), (npy(gap), {}), ((tmp_path / "gap.nii.gz").read_bytes(), {"slice": "1"})):
+            response = upload(gap_client, data, **form)
+            assert response.status_code == 422, response.text
+            detail = response.json()["detail"]
+            assert "label ids [20] are not in the label map" in detail and "known ids: 1..19, 21..72" in detail, detail
+        response = gap_client.post("/api/generate", json={"model": "ct_axial", "mask": encode_mask(gap), "k": 1})
+        assert response.status_code == 422 and "label ids [20]" in response.json()["detail"], response.text
+        assert app.state.received_masks == []  # refused before any generation
 
 
 def test_mask_exports_are_exact(client, results):

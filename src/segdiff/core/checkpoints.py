@@ -26,14 +26,33 @@ CHECKPOINT_FORMAT = "segdiff-checkpoint/1"
 
 
 def save_file(path: str | Path, payload: dict[str, Any], fmt: str, kind: str) -> None:
-    """``torch.save`` ``payload`` tagged with ``fmt`` and ``kind`` (e.g. ``diffusion``), atomically."""
+    """``torch.save`` ``payload`` tagged with ``fmt`` and ``kind``, atomically.
+
+    Args:
+        path: the file to write (it appears whole or not at all).
+        payload: tensors and plain values (what ``torch.load(weights_only=True)`` reads back).
+        fmt: the format tag, e.g. :data:`MODEL_FORMAT`.
+        kind: what the file holds, e.g. ``diffusion``.
+    """
     with atomic_path(path) as tmp:
         torch.save({"format": fmt, "kind": kind, **payload}, tmp)
 
 
 def read_torch_file(path: str | Path, what: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors: a missing, corrupt, truncated or
-    unsafe (arbitrary pickle) file raises :class:`InputError` naming ``path`` and ``what`` it should be."""
+    """``torch.load(weights_only=True)`` with one-line errors.
+
+    Args:
+        path: the file to read.
+        what: what the file should be, for the error message (e.g. ``diffusion file``).
+        map_location: where to load tensors.
+
+    Returns:
+        The unpickled object.
+
+    Raises:
+        InputError: a missing, corrupt, truncated or unsafe (arbitrary pickle) file, naming ``path``
+            and ``what`` it should be.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
@@ -45,7 +64,20 @@ def read_torch_file(path: str | Path, what: str, map_location: str | torch.devic
 
 
 def load_file(path: str | Path, fmt: str, kind: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a file written by :func:`save_file`, refusing corrupt files, foreign formats and other kinds."""
+    """Load a file written by :func:`save_file`.
+
+    Args:
+        path: the file to read.
+        fmt: the format tag it must carry.
+        kind: the kind it must hold.
+        map_location: where to load tensors.
+
+    Returns:
+        The payload, with its ``format`` and ``kind`` keys.
+
+    Raises:
+        InputError: a corrupt file, a foreign format or another kind.
+    """
     payload = read_torch_file(path, f"{kind} file", map_location)
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

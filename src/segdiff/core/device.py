@@ -17,7 +17,19 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """``compute.precision`` (auto | bf16 | fp32) on ``device``."""
+    """Whether to train in bf16.
+
+    Args:
+        precision: ``compute.precision``: ``auto`` (bf16 where ``device`` computes it natively),
+            ``bf16`` or ``fp32``.
+        device: the training device.
+
+    Returns:
+        True for bf16 autocast.
+
+    Raises:
+        ValueError: an unknown ``precision``.
+    """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     return native_bf16(device) if precision == "auto" else precision == "bf16"

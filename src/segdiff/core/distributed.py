@@ -48,9 +48,17 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 def local_batch_size(batch_size: int, world_size: int) -> int:
-    """The rows each rank reads of a global batch of ``batch_size``: ``batch_size / world_size``.
+    """The rows each rank reads of a global batch.
 
-    Raises ``ValueError`` when ``batch_size`` is not a multiple of ``world_size``.
+    Args:
+        batch_size: the global batch size.
+        world_size: the number of ranks.
+
+    Returns:
+        ``batch_size / world_size``.
+
+    Raises:
+        ValueError: ``world_size`` < 1, or ``batch_size`` is not a multiple of ``world_size``.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
@@ -208,12 +216,26 @@ def launch(fn: Callable[..., Any], world_size: int, device: torch.device | str, 
     ``fn`` and the arguments are pickled (``fn`` by reference: a module-level function) and the
     result travels back through a temporary file. Each rank gets ``1 / world_size`` of this process's
     torch threads. When a rank fails, the others are stopped and its exception is raised here, with
-    the rank's traceback as a note. ``timeout`` bounds each collective (default :data:`TIMEOUT`).
+    the rank's traceback as a note.
 
     Under ``torchrun`` this process is one of the ranks: it joins the job's process group (from the
     environment, whatever ``world_size`` says), runs ``fn`` and returns its own result; callers on
     ranks other than 0 must not write files (:func:`is_main_process`). Inside an initialised
     process group ``fn`` simply runs here.
+
+    Args:
+        fn: a module-level function (pickled by reference).
+        world_size: the number of ranks to start.
+        device: ``cuda`` (one device per rank) or ``cpu``.
+        *args: positional arguments of ``fn``.
+        timeout: bound on each collective (default :data:`TIMEOUT`).
+        **kwargs: keyword arguments of ``fn``.
+
+    Returns:
+        Rank 0's result (under ``torchrun``: this rank's).
+
+    Raises:
+        ValueError: ``world_size`` < 1, or fewer CUDA devices than ranks.
     """
     device = torch.device(device)
     timeout = TIMEOUT if timeout is None else timeout

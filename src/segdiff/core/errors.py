@@ -13,6 +13,10 @@ class InputError(SegdiffError):
     """A data file (volume, label map, case sheet, checkpoint) is unusable.
 
     The message is one line: ``<path>: <problem>``.
+
+    Args:
+        path: the file (or other source, e.g. ``upload``) that is unusable.
+        problem: what is wrong with it, one line.
     """
 
     def __init__(self, path: str | Path, problem: str):
@@ -25,6 +29,10 @@ class ConfigError(SegdiffError):
     """A configuration key is missing, unknown or of the wrong type/value.
 
     The message is one line: ``config key '<dotted.key>': <problem>``.
+
+    Args:
+        key: the dotted config key.
+        problem: what is wrong with it, one line.
     """
 
     def __init__(self, key: str, problem: str):

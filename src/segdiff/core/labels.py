@@ -22,7 +22,15 @@ __all__ = ["LabelMap", "Remap", "load_label_map", "load_remap", "builtin_table"]
 
 
 def builtin_table(kind: str, name_or_path: str | Path) -> Path:
-    """Resolve a built-in table name (``resources/<kind>/<name>.tsv``) or return the given path."""
+    """Resolve a built-in table name or return the given path.
+
+    Args:
+        kind: the resource folder, ``labels`` or ``remaps``.
+        name_or_path: a built-in name (``resources/<kind>/<name>.tsv``) or a path.
+
+    Returns:
+        The built-in table's path, else ``name_or_path`` as a path.
+    """
     candidate = resources.files("segdiff") / "resources" / kind / f"{name_or_path}.tsv"
     if candidate.is_file():
         return Path(str(candidate))
@@ -63,7 +71,15 @@ class LabelMap:
         return max(self.names)
 
     def check(self, label: np.ndarray, source: str | Path) -> None:
-        """Raise :class:`InputError` naming ``source`` when ``label`` holds ids outside the map."""
+        """Check that a label array holds only ids of the map (or 0).
+
+        Args:
+            label: non-negative integer label ids.
+            source: the file (or key) named in the error.
+
+        Raises:
+            InputError: ``label`` holds ids outside the map, naming ``source`` and the ids.
+        """
         known = np.zeros(max(int(label.max(initial=0)), self.max_id) + 1, dtype=bool)
         known[[0, *self.ids]] = True
         unknown_voxels = ~known[label]  # one byte per voxel, not a histogram in int64
@@ -79,7 +95,15 @@ class Remap:
     table: dict[int, int]
 
     def apply(self, label: np.ndarray, source: str | Path = "") -> np.ndarray:
-        """Map ``label`` (non-negative ints) to the target ids; logs how many voxels became background."""
+        """Map source ids to target ids; logs how many voxels became background.
+
+        Args:
+            label: non-negative integer source ids.
+            source: the file named in the log line.
+
+        Returns:
+            uint8 target ids, the shape of ``label``.
+        """
         lut = np.zeros(max(int(label.max(initial=0)), max(self.table)) + 1, dtype=np.uint8)
         for src, tgt in self.table.items():
             lut[src] = tgt
@@ -105,7 +129,18 @@ def load_label_map(name_or_path: str | Path) -> LabelMap:
 
 
 def load_remap(name_or_path: str | Path, labels: LabelMap) -> Remap:
-    """Read a remap TSV with columns ``source_id`` and ``target_id`` (built-in: ``totalsegmentator_to_amos``)."""
+    """Read a remap TSV with columns ``source_id`` and ``target_id``.
+
+    Args:
+        name_or_path: a built-in name (e.g. ``totalsegmentator_to_amos``) or a path.
+        labels: the target label map every ``target_id`` must belong to (or be 0).
+
+    Returns:
+        The remap.
+
+    Raises:
+        InputError: an unreadable table, a source id mapped twice or a target id outside ``labels``.
+    """
     path = builtin_table("remaps", name_or_path)
     table = _read_table(path, ["source_id", "target_id"])
     if table["source_id"].duplicated().any():

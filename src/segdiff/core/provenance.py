@@ -28,6 +28,15 @@ def _git_commit(repo: Path) -> str:
 
 
 def collect_provenance(config: dict[str, Any], repo: str | Path) -> dict[str, Any]:
+    """What a run was made with.
+
+    Args:
+        config: the validated configuration.
+        repo: the checkout whose git commit is recorded (``-dirty`` with uncommitted changes).
+
+    Returns:
+        Creation time, git commit, seed, config, package versions, Python, platform and device.
+    """
     versions = {}
     for name in PACKAGES:
         try:
@@ -55,5 +64,12 @@ def collect_provenance(config: dict[str, Any], repo: str | Path) -> dict[str, An
 
 
 def write_provenance(path: str | Path, config: dict[str, Any], repo: str | Path) -> None:
+    """Write :func:`collect_provenance` as JSON, atomically.
+
+    Args:
+        path: the JSON file to write.
+        config: the validated configuration.
+        repo: the checkout whose git commit is recorded.
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(collect_provenance(config, repo), indent=2, default=str) + "\n")

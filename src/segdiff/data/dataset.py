@@ -52,6 +52,15 @@ def stratified_subset(case: np.ndarray, view: np.ndarray, n: int, seed: int) -> 
     Each (case, view) group gets a share proportional to its size (largest remainder), and its
     slices are drawn without replacement from ``np.random.default_rng([seed, crc32(case/view)])``:
     the choice of one group does not depend on the other groups, on the job or on the order.
+
+    Args:
+        case: (N,) case id of each slice.
+        view: (N,) view of each slice.
+        n: how many slices to choose (all of them when ``n`` >= N).
+        seed: the subset's seed.
+
+    Returns:
+        Sorted int indices into the N slices.
     """
     keys = np.char.add(np.char.add(np.asarray(case, dtype=str), "/"), np.asarray(view, dtype=str))
     groups, inverse, sizes = np.unique(keys, return_inverse=True, return_counts=True)

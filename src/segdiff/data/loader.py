@@ -51,13 +51,34 @@ class LoaderSettings:
 
 
 def loader_settings(compute: dict, device: torch.device) -> LoaderSettings:
-    """The config's ``compute.loader_workers`` / ``compute.prefetch``; pinned memory on CUDA."""
+    """Loader settings from the config.
+
+    Args:
+        compute: the config's ``compute`` section (``loader_workers``, ``prefetch``).
+        device: the training device (pinned memory on CUDA).
+
+    Returns:
+        The :class:`LoaderSettings`.
+    """
     return LoaderSettings(workers=compute["loader_workers"], prefetch=compute["prefetch"], pin_memory=device.type == "cuda")
 
 
 class StepBatches(Sampler):
     """Index arrays of the batches of steps ``start .. stop - 1`` (epoch permutations, see module doc):
-    of the whole global batch of ``batch_size``, or of rank ``rank``'s share of it."""
+    of the whole global batch of ``batch_size``, or of rank ``rank``'s share of it.
+
+    Args:
+        n: the number of slices.
+        batch_size: the global batch size.
+        seed: the seed of the epoch permutations.
+        start: the first step.
+        stop: one past the last step.
+        rank: this process's rank.
+        world_size: the number of ranks (``batch_size`` must be a multiple of it).
+
+    Raises:
+        ValueError: no slices, a non-positive batch size or a rank outside ``0 .. world_size - 1``.
+    """
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
         if n <= 0 or batch_size <= 0:
@@ -102,8 +123,22 @@ class BatchReader(Dataset):
 
 def step_loader(slices: Slices, batch_size: int, seed: int, start: int, stop: int,
                 settings: LoaderSettings = LoaderSettings(), rank: int = 0, world_size: int = 1) -> DataLoader:
-    """A DataLoader yielding the batches of steps ``start .. stop - 1`` (rank ``rank``'s
-    ``batch_size / world_size`` rows of each global batch of ``batch_size``)."""
+    """A DataLoader yielding the batches of steps ``start .. stop - 1``.
+
+    Args:
+        slices: what to read (a :class:`~segdiff.data.store.SliceStore` or an in-memory slice set).
+        batch_size: the global batch size.
+        seed: the seed of the epoch permutations.
+        start: the first step.
+        stop: one past the last step.
+        settings: worker processes, prefetching and pinned memory.
+        rank: this process's rank.
+        world_size: the number of ranks.
+
+    Returns:
+        A DataLoader of (images (B, 1, H, W) float32, masks (B, H, W) uint8) tensors, B =
+        ``batch_size / world_size``: rank ``rank``'s rows of each global batch.
+    """
     sampler = StepBatches(len(slices), batch_size, seed, start, stop, rank, world_size)
     return DataLoader(BatchReader(slices), sampler=sampler,
                       batch_size=None, num_workers=settings.workers, pin_memory=settings.pin_memory,

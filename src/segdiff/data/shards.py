@@ -30,7 +30,15 @@ MANIFEST_COLUMNS = ["case", "modality", "view", "split", "n_slices", "shard"]
 
 
 def preview_indices(n: int, count: int) -> list[int]:
-    """``count`` positions spread evenly over ``n`` slices (the middle one first when count == 1)."""
+    """Positions spread evenly over a view's slices, for the previews.
+
+    Args:
+        n: the number of slices.
+        count: how many positions.
+
+    Returns:
+        Sorted positions (the middle one when ``count`` is 1); empty without slices.
+    """
     if n == 0 or count <= 0:
         return []
     return sorted({int(round(q)) for q in np.linspace(0, n - 1, count + 2)[1:-1]}) or [n // 2]
@@ -107,7 +115,21 @@ def write_case_shards(
 
     All outputs are written to temporary names, renamed once everything is written. If anything
     fails, a rename included, the outputs renamed so far are removed: no output of the case is left
-    (nor one of an earlier run, so that views of two runs never mix). Returns the slices per view.
+    (nor one of an earlier run, so that views of two runs never mix).
+
+    Args:
+        volume: the case's image and label volume (its image is normalised in place).
+        modality: ``ct`` or ``mri`` (the normalisation).
+        shards: view -> the ``.npz`` shard to write.
+        previews: view -> the preview folder to write.
+        image_size: the side of the square slices.
+        min_foreground: slices with fewer foreground pixels are left out.
+        ct_window: the CT intensity window (HU).
+        mri_percentiles: the MRI normalisation percentiles.
+        previews_per_case: preview images per view.
+
+    Returns:
+        The number of slices written per view.
     """
     normalised = normalise(volume.image, modality, ct_window, mri_percentiles, out=volume.image)
     counts = {}
@@ -135,7 +157,19 @@ def read_shard(path: str | Path) -> Shard:
 
 
 def build_manifest(rows: pd.DataFrame, shard_paths: Mapping[str, str | Path], view: str) -> pd.DataFrame:
-    """Manifest of one subset (modality x view): ``rows`` has columns case, modality, split."""
+    """Manifest of one subset (modality x view).
+
+    Args:
+        rows: one row per case, columns case, modality, split.
+        shard_paths: case -> its shard of this view.
+        view: the subset's view.
+
+    Returns:
+        The manifest, columns :data:`MANIFEST_COLUMNS`, one row per case.
+
+    Raises:
+        ValueError: a case listed twice.
+    """
     counts = []
     for case in rows["case"]:
         with np.load(shard_paths[case]) as z:

@@ -51,7 +51,16 @@ class Shard:
 
 
 def normalise_ct(image: np.ndarray, window: tuple[float, float] = (-175.0, 250.0), out: np.ndarray | None = None) -> np.ndarray:
-    """Window Hounsfield units to [0, 1] (into ``out`` when given, e.g. ``out=image`` to save memory)."""
+    """Window Hounsfield units to [0, 1].
+
+    Args:
+        image: the CT volume in HU.
+        window: the (low, high) HU window.
+        out: float32 array to write into (e.g. ``out=image`` to save memory); a new one when None.
+
+    Returns:
+        The normalised float32 image (``out`` when given).
+    """
     lo, hi = window
     out = np.clip(image, lo, hi, out=out, dtype=np.float32)
     out -= np.float32(lo)
@@ -60,7 +69,16 @@ def normalise_ct(image: np.ndarray, window: tuple[float, float] = (-175.0, 250.0
 
 
 def normalise_mri(image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5), out: np.ndarray | None = None) -> np.ndarray:
-    """Clip to the volume's own intensity percentiles and scale to [0, 1]."""
+    """Clip to the volume's own intensity percentiles and scale to [0, 1].
+
+    Args:
+        image: the MRI volume.
+        percentiles: the (low, high) percentiles that map to 0 and 1.
+        out: float32 array to write into; a new one when None.
+
+    Returns:
+        The normalised float32 image (all zeros for a constant volume).
+    """
     lo, hi = np.percentile(image, percentiles)
     if hi <= lo:
         out = np.zeros(image.shape, np.float32) if out is None else out
@@ -71,7 +89,21 @@ def normalise_mri(image: np.ndarray, percentiles: tuple[float, float] = (0.5, 99
 
 def normalise(image: np.ndarray, modality: str, ct_window=(-175.0, 250.0), mri_percentiles=(0.5, 99.5),
               out: np.ndarray | None = None) -> np.ndarray:
-    """Modality-specific intensity normalisation to [0, 1]."""
+    """Modality-specific intensity normalisation to [0, 1].
+
+    Args:
+        image: the volume.
+        modality: ``ct`` (:func:`normalise_ct`) or ``mri`` (:func:`normalise_mri`).
+        ct_window: the CT window in HU.
+        mri_percentiles: the MRI percentiles.
+        out: float32 array to write into; a new one when None.
+
+    Returns:
+        The normalised float32 image.
+
+    Raises:
+        ValueError: an unknown modality.
+    """
     if modality == "ct":
         return normalise_ct(image, tuple(ct_window), out)
     if modality == "mri":
@@ -80,14 +112,32 @@ def normalise(image: np.ndarray, modality: str, ct_window=(-175.0, 250.0), mri_p
 
 
 def view_stack(volume: np.ndarray, spacing: tuple[float, float, float], view: str) -> tuple[np.ndarray, tuple[float, float]]:
-    """The volume as a stack of 2D slices (N, rows, cols) in display orientation, and the (row, col) pixel size."""
+    """The volume as a stack of 2D slices in display orientation.
+
+    Args:
+        volume: a canonical (RAS) 3D array.
+        spacing: its voxel size in mm along each axis.
+        view: ``axial``, ``coronal`` or ``sagittal``.
+
+    Returns:
+        The stack (N, rows, cols), a view of ``volume`` (no copy), and the (row, col) pixel size in mm.
+    """
     axis, row_axis, col_axis = _VIEW_AXES[view]
     stack = np.transpose(volume, (axis, row_axis, col_axis))[:, ::-1, ::-1]
     return stack, (spacing[row_axis], spacing[col_axis])
 
 
 def fitted_shape(shape: tuple[int, int], pixel: tuple[float, float], size: int) -> tuple[tuple[int, int], float]:
-    """In-plane shape that fits ``size`` along the longer physical side, and the resulting isotropic pixel size."""
+    """In-plane shape that fits ``size`` along the longer physical side.
+
+    Args:
+        shape: the (rows, cols) of a slice.
+        pixel: its (row, col) pixel size in mm.
+        size: the output side in pixels.
+
+    Returns:
+        The resized (rows, cols), each at most ``size``, and the resulting isotropic pixel size in mm.
+    """
     extent = (shape[0] * pixel[0], shape[1] * pixel[1])
     out_pixel = max(extent) / size
     return (max(1, min(size, round(extent[0] / out_pixel))), max(1, min(size, round(extent[1] / out_pixel)))), out_pixel
@@ -117,9 +167,20 @@ _CHUNK_VOXELS = 2**21  # pixels per chunk, in and out (8 MiB as float32): a few 
 
 def resize_chunks(stack: np.ndarray, pixel: tuple[float, float], size: int, *, labels: bool,
                   index: np.ndarray | None = None, chunk: int | None = None) -> Iterator[np.ndarray]:
-    """The slices ``index`` of ``stack`` (all by default) resized as by :func:`resize_stack`, as consecutive
-    (n, size, size) blocks of ``chunk`` slices: by default about ``_CHUNK_VOXELS`` input or output pixels,
-    and at most an eighth of the stack, so that the buffers stay small next to the volume."""
+    """Slices of a stack resized as by :func:`resize_stack`, a block at a time.
+
+    Args:
+        stack: (N, rows, cols) slices.
+        pixel: their (row, col) pixel size in mm.
+        size: the output side in pixels.
+        labels: nearest neighbour (label masks) instead of antialiased bilinear (images).
+        index: the slices to resize (all by default).
+        chunk: slices per block; by default about ``_CHUNK_VOXELS`` input or output pixels, and at
+            most an eighth of the stack, so that the buffers stay small next to the volume.
+
+    Yields:
+        Consecutive (n, size, size) blocks, uint8 for labels, float32 for images.
+    """
     _, rows, cols = stack.shape
     index = np.arange(len(stack)) if index is None else np.asarray(index)
     chunk = chunk or max(1, min(_CHUNK_VOXELS // max(rows * cols, size * size), len(stack) // 8))
@@ -160,10 +221,19 @@ def resize_stack(stack: np.ndarray, pixel: tuple[float, float], size: int, *, la
     """Resize slices of ``stack`` to ``size`` x ``size`` keeping the physical aspect ratio.
 
     The longer physical side fills ``size`` pixels; the other is centred and padded with 0.
-    Images use antialiased bilinear interpolation, label masks nearest neighbour. ``index``
-    selects the slices to resize (all by default); they are processed a chunk at a time (see
-    :func:`resize_chunks`) so that no full-size copy of the stack is made. Returns the resized
-    slices and the isotropic output pixel size in mm.
+    Slices are processed a chunk at a time (see :func:`resize_chunks`) so that no full-size copy
+    of the stack is made.
+
+    Args:
+        stack: (N, rows, cols) slices.
+        pixel: their (row, col) pixel size in mm.
+        size: the output side in pixels.
+        labels: nearest neighbour (label masks) instead of antialiased bilinear (images).
+        index: the slices to resize (all by default).
+        chunk: slices per chunk (see :func:`resize_chunks`).
+
+    Returns:
+        The resized slices (len(index), size, size) and the isotropic output pixel size in mm.
     """
     index = np.arange(len(stack)) if index is None else np.asarray(index)
     blocks = resize_chunks(stack, pixel, size, labels=labels, index=index, chunk=chunk)
@@ -201,10 +271,20 @@ class ViewSlices:
 
 
 def select_slices(volume: Volume, normalised: np.ndarray, view: str, image_size: int, min_foreground: int = 1) -> ViewSlices:
-    """The slices of one view with at least ``min_foreground`` mask pixels after resizing to ``image_size``.
+    """The slices of one view with enough foreground after resizing.
 
-    ``normalised`` is the normalised image of ``volume``. Only the per-slice foreground counts are
-    kept here; the resized slices are computed when :class:`ViewSlices` is iterated.
+    Only the per-slice foreground counts are computed here; the resized slices are computed when
+    :class:`ViewSlices` is iterated.
+
+    Args:
+        volume: the case's canonical image and label volume.
+        normalised: the normalised image of ``volume``.
+        view: ``axial``, ``coronal`` or ``sagittal``.
+        image_size: the side of the resized slices.
+        min_foreground: the least mask pixels a kept slice has after resizing.
+
+    Returns:
+        The selected slices, resized on demand.
     """
     mask_stack, pixel = view_stack(volume.label, volume.spacing, view)
     counts = [np.count_nonzero(b.reshape(len(b), -1), axis=1) for b in resize_chunks(mask_stack, pixel, image_size, labels=True)]
@@ -223,9 +303,20 @@ def slice_volume(
     mri_percentiles=(0.5, 99.5),
     normalised: np.ndarray | None = None,
 ) -> Shard:
-    """Cut one view of ``volume`` into normalised, resized slices with at least ``min_foreground`` mask pixels.
+    """Cut one view of a volume into normalised, resized slices.
 
-    ``normalised`` may pass the already normalised image to share that work between views.
+    Args:
+        volume: the case's canonical image and label volume.
+        modality: ``ct`` or ``mri`` (the normalisation).
+        view: ``axial``, ``coronal`` or ``sagittal``.
+        image_size: the side of the resized slices.
+        min_foreground: the least mask pixels a kept slice has after resizing.
+        ct_window: the CT window in HU.
+        mri_percentiles: the MRI percentiles.
+        normalised: the already normalised image, to share that work between views.
+
+    Returns:
+        The kept slices in memory.
     """
     image = normalise(volume.image, modality, ct_window, mri_percentiles) if normalised is None else normalised
     return select_slices(volume, image, view, image_size, min_foreground).shard()

@@ -41,8 +41,19 @@ STORE_FILES = ("image.npy", "mask.npy", "index.tsv", "classes.json")
 
 
 def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = ".") -> Path:
-    """Concatenate the shards listed by ``manifest`` (columns case, split, n_slices, shard; paths
-    relative to ``root``) into the store folder ``out_dir``, one shard in memory at a time."""
+    """Concatenate the shards of a manifest into a store folder, one shard in memory at a time.
+
+    Args:
+        manifest: columns case, split, n_slices, shard (paths relative to ``root``).
+        out_dir: the store folder to write (it appears whole or not at all).
+        root: the folder the shard paths are relative to.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        InputError: a shard that does not match its manifest row.
+    """
     out_dir = Path(out_dir)
     total = int(manifest["n_slices"].sum())
     first = next((r for r in manifest.itertuples() if r.n_slices > 0), None)
@@ -72,8 +83,15 @@ def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = 
 
 def write_subset(rows: pd.DataFrame, shards: Sequence[str | Path], view: str, manifest: str | Path,
                  store: str | Path) -> None:
-    """The slicing stage's per-subset job: ``rows`` (case, modality, split; one per case, in the
-    order of ``shards``) -> the manifest TSV and the store folder."""
+    """The slicing stage's per-subset job: the manifest TSV and the store folder, together or not at all.
+
+    Args:
+        rows: columns case, modality, split; one per case, in the order of ``shards``.
+        shards: the cases' shards of ``view``.
+        view: the subset's view.
+        manifest: the manifest TSV to write (last: it means the store is complete).
+        store: the store folder to write.
+    """
     table = build_manifest(rows, dict(zip(rows["case"], shards)), view)
     try:
         write_store(table, store)
@@ -124,6 +142,14 @@ class SliceStore:
     images and masks of positions ``0..N-1``; :meth:`take` / :meth:`subset` give an in-memory
     :class:`~segdiff.data.dataset.SliceSet`. Pickling keeps only the folder names (a DataLoader
     worker re-opens the files).
+
+    Args:
+        folders: store folders (``results/slices/{modality}/{view}/store``) of slices of one size.
+        splits: the splits to keep (all when None).
+
+    Raises:
+        InputError: a folder that is not a complete store, stores of different slice sizes, or no
+            slices in ``splits``.
     """
 
     def __init__(self, folders: Sequence[str | Path], splits: Sequence[str] | None = None):
@@ -215,8 +241,15 @@ class SliceStore:
         return SliceSet(images, masks, self.case[index], self.slice[index], self.view[index])
 
     def subset(self, max_slices: int, seed: int) -> SliceSet:
-        """At most ``max_slices`` slices (0 = all), seeded and stratified by case and view
-        (:func:`~segdiff.data.dataset.stratified_subset`)."""
+        """A seeded subset, stratified by case and view (:func:`~segdiff.data.dataset.stratified_subset`).
+
+        Args:
+            max_slices: at most this many slices (0 = all).
+            seed: the subset's seed.
+
+        Returns:
+            The chosen slices as an in-memory :class:`~segdiff.data.dataset.SliceSet`.
+        """
         if max_slices <= 0 or len(self) <= max_slices:
             return self.take(np.arange(len(self)))
         return self.take(stratified_subset(self.case, self.view, max_slices, seed))

@@ -178,7 +178,19 @@ def _colours(labels: LabelMap) -> dict[int, str]:
 
 
 def create_app(results: str | Path = "results", device: str = "auto", settings: EditorSettings | None = None) -> FastAPI:
-    """The editor app for the study in ``results`` (its models, slice stores and provenance)."""
+    """The editor app for a study.
+
+    Args:
+        results: the study's ``results/`` folder (its models, slice stores and provenance).
+        device: where to generate: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ...
+        settings: the server's limits (defaults of :class:`EditorSettings` when None).
+
+    Returns:
+        The FastAPI app.
+
+    Raises:
+        InputError: no diffusion model with a slice store in ``results``, or models with different label maps.
+    """
     from segdiff.core.device import pick_device
 
     results = Path(results)

@@ -3,7 +3,9 @@
 A mask is an (H, W) uint8 label map (0 = background). On the wire (JSON) it is
 ``{"height": H, "width": W, "data": base64(H*W bytes, row-major)}``: integer ids, no colours.
 Uploads are checked with one-line :class:`~segdiff.core.errors.InputError` messages: a colour or
-non-integer image, a wrong size, ids outside the label map, a NIfTI slice index out of range. A NIfTI
+non-integer image, a wrong size, ids outside the label map (an id in a gap of the map included), a
+NIfTI slice index out of range, a ``.nii.gz`` whose header declares more than ``MAX_NIFTI_BYTES`` (refused
+before its voxels are decompressed: a gzip bomb costs neither memory nor disk). A NIfTI
 label volume goes through the study's own reorientation and resize (:mod:`segdiff.sources.volumes`,
 :mod:`segdiff.data.slicing`). Nothing the client sends is used as a path.
 """
@@ -15,6 +17,7 @@ import binascii
 import gzip
 import io
 import tempfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -29,7 +32,7 @@ from segdiff.sources.volumes import load_nifti
 __all__ = ["encode_mask", "decode_mask", "check_mask", "read_upload", "mask_png", "mask_npy", "image_png",
            "images_npy"]
 
-MAX_NIFTI_BYTES = 1 << 30  # a decompressed upload larger than this is refused (a gzip bomb)
+MAX_NIFTI_BYTES = 1 << 30  # a NIfTI upload that decompresses to more is refused (a gzip bomb)
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -39,7 +42,18 @@ def encode_mask(mask: np.ndarray) -> dict:
 
 
 def decode_mask(payload: object, source: str = "mask") -> np.ndarray:
-    """JSON form -> (H, W) uint8; :class:`InputError` naming ``source`` when it is malformed."""
+    """A mask's JSON form as an array.
+
+    Args:
+        payload: ``{"height", "width", "data"}`` as sent by the page.
+        source: what the error names (e.g. ``mask``).
+
+    Returns:
+        The (height, width) uint8 label map.
+
+    Raises:
+        InputError: a malformed payload, naming ``source``.
+    """
     if not isinstance(payload, dict) or not {"height", "width", "data"} <= payload.keys():
         raise InputError(source, "expected {height, width, data}")
     height, width = payload["height"], payload["width"]
@@ -55,15 +69,39 @@ def decode_mask(payload: object, source: str = "mask") -> np.ndarray:
 
 
 def check_mask(mask: np.ndarray, size: int, labels: LabelMap, source: str = "mask") -> np.ndarray:
-    """The mask as uint8 if it is ``size`` x ``size`` and holds only ids of ``labels`` (or 0)."""
+    """Check a mask against a model's image size and the study's label map.
+
+    Args:
+        mask: a label map.
+        size: the model's image side; the mask must be ``size`` x ``size``.
+        labels: the label map; every id must be one of its ids (gaps in the map included) or 0.
+        source: what the error names.
+
+    Returns:
+        The mask as uint8.
+
+    Raises:
+        InputError: not 2D, the wrong size, or ids outside the label map (named, with the known ids).
+    """
     if mask.ndim != 2:
         raise InputError(source, f"expected a 2D label map, got shape {mask.shape}")
     if mask.shape != (size, size):
         raise InputError(source, f"the mask is {mask.shape[0]} x {mask.shape[1]} pixels; this model takes {size} x {size}")
     unknown = sorted(set(np.unique(mask).tolist()) - {0, *labels.ids})
     if unknown:
-        raise InputError(source, f"label ids {unknown[:10]} are not in the label map (known ids: {labels.ids[0]}..{labels.max_id})")
+        raise InputError(source, f"label ids {unknown[:10]} are not in the label map (known ids: {_id_ranges(labels.ids)})")
     return mask.astype(np.uint8)
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """Sorted ids as runs, e.g. ``1..19, 21..72``: a map with gaps shows them."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
 
 
 def _integer_labels(array: np.ndarray, source: str) -> np.ndarray:
@@ -103,21 +141,68 @@ def _from_npy(data: bytes, source: str) -> np.ndarray:
     return _integer_labels(array, source)
 
 
+def _nifti_bytes(head: bytes, source: str) -> int | None:
+    """Bytes a single-file NIfTI needs (header, extensions, voxels) as its header declares them.
+
+    ``None`` when ``head`` does not start with a NIfTI-1 or NIfTI-2 header (nibabel then names the problem).
+
+    Raises:
+        InputError: the declared volume is larger than ``MAX_NIFTI_BYTES`` (a gzip bomb).
+    """
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        n = klass.template_dtype.itemsize  # sizeof_hdr: 348 or 540, in either byte order
+        if len(head) < n or n not in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")):
+            continue
+        try:
+            header = klass(head[:n], check=False)
+            shape = tuple(int(d) for d in header.get_data_shape())
+            itemsize = header.get_data_dtype().itemsize
+            offset = max(int(header.get_data_offset()), n + 4)
+        except Exception:  # a malformed header: nibabel's own reading reports it
+            return None
+        needed = offset + int(np.prod(shape, dtype=object)) * itemsize
+        if needed > MAX_NIFTI_BYTES:
+            raise InputError(source, f"the NIfTI header declares a {' x '.join(map(str, shape))} volume of "
+                             f"{header.get_data_dtype()}, which decompresses to {needed / (1 << 20):.1f} MiB: more than the "
+                             f"{MAX_NIFTI_BYTES >> 20} MiB limit on a decompressed upload")
+        return needed
+    return None
+
+
+def _gunzip_nifti(data: bytes, path: Path, source: str) -> None:
+    """Decompress a ``.nii.gz`` upload into ``path``, a chunk at a time, never past what its header declares.
+
+    Memory stays O(chunk), and at most ``MAX_NIFTI_BYTES`` are written: the size is checked from the
+    header before the voxels are decompressed, and bytes after the declared volume are not read.
+
+    Raises:
+        InputError: corrupt gzip data, or a volume larger than ``MAX_NIFTI_BYTES``.
+    """
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream, open(path, "wb") as out:
+            head = stream.read(540)  # the larger of the NIfTI-1 and NIfTI-2 headers
+            out.write(head)
+            remaining = (_nifti_bytes(head, source) or 0) - len(head)
+            while remaining > 0:
+                chunk = stream.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break  # shorter than declared: nibabel reports the truncation
+                out.write(chunk)
+                remaining -= len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputError(source, f"truncated or corrupt gzip data ({err})") from err
+
+
 def _from_nifti(data: bytes, source: str, view: str, slice_index: int, size: int) -> np.ndarray:
     """One slice of a label volume, cut and resized as the study cuts its masks (RAS, view, nearest neighbour)."""
     if view not in VIEWS:
         raise InputError(source, f"view must be one of {list(VIEWS)}, got {view!r}")
-    if data[:2] == b"\x1f\x8b":
-        try:
-            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-                data = stream.read(MAX_NIFTI_BYTES + 1)
-        except (OSError, EOFError) as err:
-            raise InputError(source, f"truncated or corrupt gzip data ({err})") from err
-        if len(data) > MAX_NIFTI_BYTES:
-            raise InputError(source, f"decompresses to more than {MAX_NIFTI_BYTES >> 20} MiB")
     with tempfile.TemporaryDirectory() as tmp:  # nibabel reads files; the client's file name is never used
         path = Path(tmp) / "upload.nii"
-        path.write_bytes(data)
+        if data[:2] == b"\x1f\x8b":
+            _gunzip_nifti(data, path, source)
+        else:
+            path.write_bytes(data)
         try:
             volume, affine = load_nifti(path)
         except InputError as err:
@@ -132,9 +217,24 @@ def _from_nifti(data: bytes, source: str, view: str, slice_index: int, size: int
 
 def read_upload(data: bytes, size: int, labels: LabelMap, view: str = "axial", slice_index: int | None = None,
                 source: str = "upload") -> np.ndarray:
-    """An uploaded mask (PNG, .npy, or NIfTI with ``view`` and ``slice_index``) as a checked ``size`` x ``size`` map.
+    """An uploaded mask as a checked ``size`` x ``size`` map.
 
     The format is told by the bytes, not by the file name.
+
+    Args:
+        data: the uploaded bytes: a PNG, a ``.npy`` array, or a NIfTI label volume (``.nii`` or ``.nii.gz``).
+        size: the model's image side.
+        labels: the study's label map.
+        view: the view to cut a NIfTI volume in.
+        slice_index: the slice of a NIfTI volume (required for NIfTI).
+        source: what the error names.
+
+    Returns:
+        The (size, size) uint8 label map.
+
+    Raises:
+        InputError: an unknown format, an unreadable file, a gzip bomb, a colour or non-integer image,
+            a wrong size, ids outside the label map, or a NIfTI slice index out of range.
     """
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         mask = _from_png(data, source)

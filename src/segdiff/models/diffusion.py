@@ -105,11 +105,29 @@ class SegGuidedDenoiser(nn.Module):
             self.unet.conv_in = _AddedMaskEmbedding(self.unet.conv_in, config.num_classes, config.channels[0])
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, mask_onehot: torch.Tensor) -> torch.Tensor:
+        """The network's prediction for noisy images conditioned on their masks.
+
+        Args:
+            noisy: (B, 1, H, W) noisy images in the model range [-1, 1].
+            timesteps: (B,) diffusion timesteps.
+            mask_onehot: (B, num_classes, H, W) one-hot masks (:func:`one_hot`).
+
+        Returns:
+            (B, 1, H, W): noise, sample or velocity, per the scheduler's prediction type.
+        """
         return self.unet(torch.cat([noisy, mask_onehot.to(noisy.dtype)], dim=1), timesteps)
 
 
 def one_hot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, H, W) integer mask -> (B, C, H, W) float one-hot."""
+    """One-hot encoding of integer masks.
+
+    Args:
+        mask: (B, H, W) integer label ids below ``num_classes``.
+        num_classes: the number of channels C (background included).
+
+    Returns:
+        (B, C, H, W) float one-hot.
+    """
     return F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2).float()
 
 
@@ -117,9 +135,17 @@ def ablate_masks(mask: torch.Tensor, p: float, generator: torch.Generator, rank:
     """Drop each organ class of each sample's mask (set to background) with probability ``p``.
 
     Training only: sampling never ablates. Draws from ``generator`` even when ``p == 0`` is not
-    needed, so it returns ``mask`` untouched then. With a ``rank`` of a data-parallel job, ``mask``
-    is its share of the global batch: the draws are those of the global batch (its highest label
-    included), of which the rank keeps its rows.
+    needed, so it returns ``mask`` untouched then.
+
+    Args:
+        mask: (B, H, W) integer label ids.
+        p: the probability of dropping each class of each sample.
+        generator: the training's random generator.
+        rank: with a rank of a data-parallel job, ``mask`` is its share of the global batch: the draws
+            are those of the global batch (its highest label included), of which the rank keeps its rows.
+
+    Returns:
+        The ablated mask (``mask`` itself when ``p`` <= 0).
     """
     if p <= 0:
         return mask
@@ -132,7 +158,18 @@ def ablate_masks(mask: torch.Tensor, p: float, generator: torch.Generator, rank:
 
 
 def make_scheduler(config: SchedulerConfig, sampler: Literal["ddpm", "ddim"] = "ddpm"):
-    """MONAI scheduler of the given kind with the model's noise schedule and prediction type."""
+    """MONAI scheduler of the given kind with the model's noise schedule and prediction type.
+
+    Args:
+        config: the model's scheduler config.
+        sampler: ``ddpm`` or ``ddim``.
+
+    Returns:
+        A :class:`DDPMScheduler` or :class:`DDIMScheduler`.
+
+    Raises:
+        ValueError: an unknown sampler.
+    """
     kwargs = dict(num_train_timesteps=config.num_train_timesteps, schedule=config.schedule,
                   prediction_type=config.prediction_type, **config.extra)
     if config.schedule in ("linear_beta", "scaled_linear_beta"):
@@ -159,6 +196,14 @@ def min_snr_weights(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> 
     ``min(SNR, gamma) / (SNR + 1)`` for v and ``min(SNR, gamma)`` for sample prediction: the
     x0-space weight min(SNR, gamma) expressed in the loss of each target. Low-noise steps, which
     dominate a plain epsilon/v loss without teaching much, are down-weighted.
+
+    Args:
+        scheduler: the training scheduler (its ``alphas_cumprod`` and prediction type).
+        t: (B,) timesteps.
+        gamma: the SNR clip.
+
+    Returns:
+        (B,) float weights.
     """
     alpha_bar = scheduler.alphas_cumprod.to(t.device)[t].double()
     snr = (alpha_bar / (1 - alpha_bar)).clamp(min=1e-12)
@@ -186,10 +231,24 @@ def diffusion_loss(
     """MSE between the network output and the target of the scheduler's prediction type,
     weighted per sample by min-SNR-gamma when ``min_snr_gamma > 0``.
 
-    ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, H, W) integer labels. With a ``rank`` of a
-    data-parallel job they are its B rows of a global batch of ``B * world_size``: noise,
-    timesteps and ablation are drawn for the global batch (the same on every rank) and the rank
-    keeps its rows, so the job computes what one process computes on the global batch.
+    With a ``rank`` of a data-parallel job, ``images`` and ``masks`` are its B rows of a global batch
+    of ``B * world_size``: noise, timesteps and ablation are drawn for the global batch (the same on
+    every rank) and the rank keeps its rows, so the job computes what one process computes on the
+    global batch.
+
+    Args:
+        model: the denoiser.
+        scheduler: the training (DDPM) scheduler.
+        images: (B, 1, H, W) images in [0, 1].
+        masks: (B, H, W) integer label ids.
+        num_classes: the one-hot width.
+        generator: draws the noise, timesteps and ablation.
+        ablation_p: the class-ablation probability (:func:`ablate_masks`).
+        min_snr_gamma: the min-SNR clip (0 = unweighted).
+        rank: this process's rank of a data-parallel job (None: a single process).
+
+    Returns:
+        The scalar loss.
     """
     rank = rank or Rank()
     x0 = to_model_range(images)
@@ -234,9 +293,24 @@ def fit_diffusion(
 
     A checkpoint is resumed only when it was trained with the same settings, network, scheduler,
     batch size, ``ablation_p``, data (:meth:`~segdiff.data.store.SliceStore.fingerprint`), number of ranks and
-    ``resume_key`` (what else shapes the weights that the caller knows, e.g. the label map).
+    ``resume_key``.
 
-    Returns the :class:`~segdiff.models.training.TrainResult` (EMA model, loss history).
+    Args:
+        slices: the training slices.
+        denoiser: the network.
+        scheduler_config: the noise schedule and prediction type.
+        settings: steps, learning rate, checkpointing, seed, EMA, precision.
+        batch_size: the global batch size.
+        checkpoint: the training checkpoint file (resumed when it matches).
+        device: where to train.
+        ablation_p: the class-ablation probability (:func:`ablate_masks`).
+        desc: the progress bar's label.
+        loader: worker processes and prefetching of the batches.
+        world_size: data-parallel processes (one per GPU on CUDA).
+        resume_key: what else shapes the weights that the caller knows (e.g. the label map).
+
+    Returns:
+        The :class:`~segdiff.models.training.TrainResult` (EMA model, loss history).
     """
     if should_launch(world_size):
         local_batch_size(batch_size, world_size)  # refuse a batch the ranks cannot share before starting them
@@ -263,14 +337,32 @@ def fit_diffusion(
 
 
 def save_diffusion(path, model: SegGuidedDenoiser, scheduler_config: SchedulerConfig, meta: dict) -> None:
-    """Write the final model file (EMA weights + what is needed to rebuild and sample) atomically."""
+    """Write the final model file (EMA weights + what is needed to rebuild and sample) atomically.
+
+    Args:
+        path: the model file (``.pt``).
+        model: the (EMA) denoiser.
+        scheduler_config: its noise schedule and prediction type.
+        meta: modality, view, label map, classes seen, ... (plain values).
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(path, {"state_dict": state, "denoiser": model.config.to_dict(),
                      "scheduler": scheduler_config.to_dict(), "meta": meta}, MODEL_FORMAT, "diffusion")
 
 
 def load_diffusion(path, device: torch.device | str = "cpu") -> tuple[SegGuidedDenoiser, SchedulerConfig, dict]:
-    """Rebuild a model saved by :func:`save_diffusion` (``weights_only`` loading; foreign files refused)."""
+    """Rebuild a model saved by :func:`save_diffusion` (``weights_only`` loading).
+
+    Args:
+        path: the model file.
+        device: where to put the model.
+
+    Returns:
+        The model in eval mode, its scheduler config and its meta.
+
+    Raises:
+        InputError: a foreign, corrupt or incompatible file.
+    """
     payload = load_file(path, MODEL_FORMAT, "diffusion")
     try:
         config = DenoiserConfig(**payload["denoiser"])

@@ -50,9 +50,21 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     (rotation, anisotropic scale, shift; bilinear for images, nearest for masks; no flips, since
     left and right organs have their own labels), then gamma, contrast and brightness.
 
-    ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, 1, H, W) integer labels. With a ``rank`` of a
-    data-parallel job they are its rows of the global batch: the draws are those of the global
-    batch, of which the rank keeps its rows.
+    Args:
+        images: (B, 1, H, W) images in [0, 1].
+        masks: (B, 1, H, W) integer label ids.
+        generator: draws the transforms.
+        rotate_deg: the largest rotation, in degrees.
+        scale: the largest relative zoom, per axis.
+        shift: the largest shift, as a fraction of the half-width.
+        gamma: the largest log-gamma.
+        contrast: the largest relative contrast change.
+        brightness: the largest brightness offset.
+        rank: with a rank of a data-parallel job, the inputs are its rows of the global batch: the
+            draws are those of the global batch, of which the rank keeps its rows.
+
+    Returns:
+        The augmented images (in [0, 1]) and masks (long).
     """
     rank = rank or Rank()
     b, device = images.shape[0], images.device
@@ -85,6 +97,15 @@ def batch_dice_ce(logits: torch.Tensor, labels: torch.Tensor, rank: Rank | None 
     holds the Dice of the global batch. With the cross-entropy (a mean over the rank's rows),
     DDP's gradient average is then the gradient of the global batch's loss, and so is the mean of
     the ranks' losses. On one process it equals MONAI's loss up to float rounding.
+
+    Args:
+        logits: (B, C, H, W) this rank's rows of the global batch.
+        labels: (B, 1, H, W) their integer label ids.
+        rank: this process's rank (None: a single process).
+        smooth: the Dice smoothing term.
+
+    Returns:
+        The scalar Dice + cross-entropy loss.
     """
     rank = rank or Rank()
     probabilities = torch.softmax(logits, dim=1)
@@ -114,8 +135,23 @@ def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettin
     (:func:`batch_dice_ce`); the result is rank 0's.
 
     A checkpoint is resumed only when it was trained with the same settings, network, batch size,
-    augmentation, data (:meth:`~segdiff.data.store.SliceStore.fingerprint`), number of ranks and ``resume_key``
-    (e.g. the label map).
+    augmentation, data (:meth:`~segdiff.data.store.SliceStore.fingerprint`), number of ranks and ``resume_key``.
+
+    Args:
+        slices: the training slices.
+        config: the network.
+        settings: steps, learning rate, checkpointing, seed, EMA, precision.
+        batch_size: the global batch size.
+        checkpoint: the training checkpoint file (resumed when it matches).
+        device: where to train.
+        desc: the progress bar's label.
+        augmentation: apply :func:`augment` to every batch.
+        loader: worker processes and prefetching of the batches.
+        world_size: data-parallel processes.
+        resume_key: what else shapes the weights that the caller knows (e.g. the label map).
+
+    Returns:
+        The :class:`~segdiff.models.training.TrainResult` (EMA model, loss history).
     """
     if should_launch(world_size):
         local_batch_size(batch_size, world_size)  # refuse a batch the ranks cannot share before starting them
@@ -145,11 +181,31 @@ def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettin
 
 
 def save_segmentor(path, model: nn.Module, config: SegmentorConfig, meta: dict) -> None:
+    """Write the final segmentor file (weights + network config + meta) atomically.
+
+    Args:
+        path: the model file (``.pt``).
+        model: the (EMA) segmentor.
+        config: its network config.
+        meta: modality, view, label map, ... (plain values).
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(path, {"state_dict": state, "segmentor": config.to_dict(), "meta": meta}, MODEL_FORMAT, "segmentor")
 
 
 def load_segmentor(path, device: torch.device | str = "cpu") -> tuple[UNet, SegmentorConfig, dict]:
+    """Rebuild a segmentor saved by :func:`save_segmentor` (``weights_only`` loading).
+
+    Args:
+        path: the model file.
+        device: where to put the model.
+
+    Returns:
+        The model in eval mode, its config and its meta.
+
+    Raises:
+        InputError: a foreign, corrupt or incompatible file.
+    """
     payload = load_file(path, MODEL_FORMAT, "segmentor")
     try:
         cfg = payload["segmentor"]
@@ -173,8 +229,18 @@ def _bottom(unet: UNet) -> nn.Module:
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 128,
             features: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (N, H, W) uint8 for images (N, H, W) in [0, 1]; with ``features``, also the
-    global-average-pooled bottleneck activations (N, C) float64 for FD_seg."""
+    """Segment images, optionally with the bottleneck features of FD_seg.
+
+    Args:
+        model: the segmentor.
+        images: (N, H, W) images in [0, 1].
+        device: where to run it.
+        batch_size: images per forward pass.
+        features: also return the global-average-pooled bottleneck activations.
+
+    Returns:
+        Labels (N, H, W) uint8, and the features (N, C) float64 (None without ``features``).
+    """
     model.eval().to(device)
     captured: list[torch.Tensor] = []
     hook = _bottom(model).register_forward_hook(lambda m, i, o: captured.append(o.float().mean(dim=(2, 3)))) if features else None

@@ -74,7 +74,15 @@ class TrainResult:
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    """The learning-rate multiplier of a step.
+
+    Args:
+        warmup: steps of linear warm-up.
+        total: the step at which the cosine decay reaches 0.
+
+    Returns:
+        step -> multiplier: linear warm-up, then cosine decay to 0.
+    """
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -111,7 +119,16 @@ def _plain(value: Any) -> Any:
 
 
 def key_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted names of the fields where two resume keys differ (``old`` may be anything a foreign checkpoint holds)."""
+    """Where two resume keys differ.
+
+    Args:
+        old: the checkpoint's key (anything a foreign checkpoint holds).
+        new: this run's :func:`resume_key`.
+        prefix: dotted prefix of the names (for the recursion).
+
+    Returns:
+        Dotted names of the differing fields (``<key>`` when the keys differ as a whole).
+    """
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for k in sorted(set(old) | set(new), key=str)
                 for d in key_differences(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{prefix}{k}.")]
@@ -143,10 +160,29 @@ def train(
     training settings, ``recipe`` or number of ranks) is not resumed: training starts afresh, with a
     warning naming the fields that differ.
 
-    ``rank``: this process's place in a data-parallel job (default: :func:`~segdiff.core.distributed.current_rank`,
-    the single process unless a process group is initialised); ``device`` is then its own device.
-    Rank 0 alone reads the checkpoint, decides whether to resume and hands its state to the other
-    ranks (which need not see the file); rank 0 alone writes it, the others wait for it.
+    In a data-parallel job, rank 0 alone reads the checkpoint, decides whether to resume and hands
+    its state to the other ranks (which need not see the file); rank 0 alone writes it, the others
+    wait for it.
+
+    Args:
+        model: the network (moved to ``device``).
+        loss_fn: ``(net, batch, generator) -> (loss, images in the batch)``.
+        batches: ``start step -> iterable of batches`` of the steps ``start .. settings.steps - 1``.
+        settings: steps, learning rate, warm-up, checkpointing, seed, EMA, precision.
+        checkpoint: the checkpoint file.
+        device: this process's device.
+        kind: what is trained (``diffusion``, ``segmentor``), stored in and checked against the checkpoint.
+        desc: the progress bar's and log's label.
+        rank: this process's place in a data-parallel job (default:
+            :func:`~segdiff.core.distributed.current_rank`, the single process unless a process group
+            is initialised).
+        recipe: what else shapes the weights (see :func:`resume_key`).
+
+    Returns:
+        The EMA model, the loss history and the step resumed from.
+
+    Raises:
+        RuntimeError: the batches ran out before ``settings.steps``.
     """
     rank = current_rank(device) if rank is None else rank
     checkpoint = Path(checkpoint)
@@ -234,6 +270,11 @@ def train(
 
 
 def write_history(history: list[dict], path: str | Path) -> None:
-    """The loss log as CSV (step, loss, lr, images_per_s), written atomically."""
+    """Write the loss log as CSV, atomically.
+
+    Args:
+        history: one row per step (:attr:`TrainResult.history`).
+        path: the CSV file (columns step, loss, lr, images_per_s).
+    """
     with atomic_path(path) as tmp:
         pd.DataFrame(history, columns=["step", "loss", "lr", "images_per_s"]).to_csv(tmp, index=False)

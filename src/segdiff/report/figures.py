@@ -49,7 +49,15 @@ def label_colormap(labels: LabelMap) -> ListedColormap:
 
 
 def show_overlay(ax, image: np.ndarray, mask: np.ndarray | None, labels: LabelMap, alpha: float = 0.45) -> None:
-    """Gray image with the label mask on top (background transparent)."""
+    """Gray image with the label mask on top (background transparent).
+
+    Args:
+        ax: the matplotlib axes to draw on.
+        image: (H, W) image in [0, 1].
+        mask: (H, W) label ids, or None for the image alone.
+        labels: the label map (the colours).
+        alpha: the mask's opacity.
+    """
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     if mask is not None:
         ax.imshow(np.ma.masked_equal(mask, 0), cmap=label_colormap(labels), vmin=0, vmax=labels.max_id,
@@ -70,7 +78,14 @@ def _preview_slice(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str]
 
 
 def slice_preview_figure(manifests: Sequence[str | Path], out: str | Path, labels: LabelMap) -> None:
-    """Grid of image + mask overlays: one row per modality, one column per view."""
+    """Grid of image + mask overlays: one row per modality, one column per view.
+
+    Args:
+        manifests: the subsets' manifest TSVs; each shows the slice with most foreground of its
+            first test case (else any case with slices).
+        out: the image file to write.
+        labels: the label map (the colours).
+    """
     tables = [pd.read_csv(m, sep="\t") for m in manifests]
     modalities = sorted({t["modality"].iloc[0] for t in tables if len(t)})
     views = list(dict.fromkeys(t["view"].iloc[0] for t in tables if len(t)))
@@ -109,7 +124,13 @@ def _plot_losses(ax, histories: Mapping[str, str | Path], title: str) -> None:
 
 
 def loss_curve_figure(histories: dict[str, str | Path], out: str | Path, title: str = "training loss") -> None:
-    """Loss per step (raw and a 25-step moving average) of one or more runs, log scale."""
+    """Loss per step (raw and a 25-step moving average) of one or more runs, log scale.
+
+    Args:
+        histories: run label -> its loss CSV (:func:`~segdiff.models.training.write_history`).
+        out: the image file to write.
+        title: the plot's title.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
     _plot_losses(ax, histories, title)
     with atomic_path(out) as tmp:
@@ -118,9 +139,14 @@ def loss_curve_figure(histories: dict[str, str | Path], out: str | Path, title: 
 
 
 def loss_panels_figure(panels: Mapping[str, Mapping[str, str | Path]], out: str | Path) -> None:
-    """One loss subplot per model kind (title -> {run label: loss CSV}), side by side, each with its own
-    log y scale and legend, e.g. ``{"diffusion models (MSE of the prediction target)": {"CT axial": csv},
-    "auxiliary segmentors (Dice + CE)": {"CT": csv}}``."""
+    """One loss subplot per model kind, side by side, each with its own log y scale and legend.
+
+    Args:
+        panels: subplot title -> {run label: loss CSV}, e.g.
+            ``{"diffusion models (MSE of the prediction target)": {"CT axial": csv},
+            "auxiliary segmentors (Dice + CE)": {"CT": csv}}``.
+        out: the image file to write.
+    """
     n = max(len(panels), 1)
     fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.5), squeeze=False, layout="constrained")
     for ax, (title, histories) in zip(axes[0], panels.items()):
@@ -186,7 +212,14 @@ def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, genera
                            out: str | Path, title: str, rows: int = 6) -> None:
     """Columns Original | Segmentation | Generation 1..k for up to ``rows`` slices spread over the set.
 
-    ``generated`` is (N, k, H, W); ``original`` may be None (multi-modal: no paired image).
+    Args:
+        original: (N, H, W) real images in [0, 1], or None (multi-modal: no paired image).
+        mask: (N, H, W) the masks generated from.
+        generated: (N, k, H, W) generations in [0, 1].
+        labels: the label map (the colours).
+        out: the image file to write.
+        title: the figure's title.
+        rows: the most slices shown.
     """
     n, k = generated.shape[:2]
     picks = np.unique(np.linspace(0, n - 1, min(rows, n)).round().astype(int))
@@ -209,9 +242,16 @@ def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, genera
 
 
 def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, out: str | Path) -> None:
-    """The poster's Generations panel: one row per experiment (name, generation arrays), columns
-    Original | Segmentation | Generation 1..k with k the most generations of any experiment (rows with
-    fewer leave the extra cells blank). Each row shows the slice with the most foreground."""
+    """The poster's Generations panel: one row per experiment, columns Original | Segmentation |
+    Generation 1..k with k the most generations of any experiment (rows with fewer leave the extra
+    cells blank). Each row shows the slice with the most foreground.
+
+    Args:
+        panels: (experiment name, arrays) per row; arrays has ``mask`` (N, H, W), ``generated``
+            (N, k, H, W) and optionally ``original`` (N, H, W).
+        labels: the label map (the colours).
+        out: the image file to write.
+    """
     k = max((arrays["generated"].shape[1] for _, arrays in panels), default=1)
     aspect = _aspect(panels[0][1]["mask"]) if panels else 1.0
     fig, axes = _image_grid(max(len(panels), 1), 2 + k, aspect, cell=1.5, left=0.3, top=0.3)
@@ -249,9 +289,14 @@ def oracle_vs_generated_figure(oracle: np.ndarray, generated: np.ndarray, mask: 
                                out: str | Path, title: str, rows: int = 3) -> None:
     """Multi-inference with its ground truth: per test mask, Segmentation | oracle render 1..k | generation 1..k.
 
-    ``oracle`` (N, k, H, W) holds k re-renders of the same anatomy (fresh noise and contrast), ``generated``
-    (N, k', H, W) the model's generations for the same masks, ``mask`` (N, H, W); images in [0, 1].
-    The ``rows`` masks are spread over the set, each the one with most foreground in its part.
+    Args:
+        oracle: (N, k, H, W) k re-renders of the same anatomy (fresh noise and contrast), in [0, 1].
+        generated: (N, k', H, W) the model's generations for the same masks, in [0, 1].
+        mask: (N, H, W) the test masks.
+        labels: the label map (the colours).
+        out: the image file to write.
+        title: the figure's title.
+        rows: masks shown, spread over the set, each the one with most foreground in its part.
     """
     if oracle.ndim != 4 or generated.ndim != 4 or mask.ndim != 3:
         raise ValueError(f"expected oracle and generated (N, k, H, W) and mask (N, H, W), got {oracle.shape}, "
@@ -290,7 +335,12 @@ def oracle_vs_generated_figure(oracle: np.ndarray, generated: np.ndarray, mask: 
 
 def dice_per_organ_figure(metrics: list[dict], out: str | Path) -> None:
     """Per-organ Dice of the segmentor on original vs generated slices, one panel per run (the width grows with
-    the organs, so 71 TotalVibeSegmentator structures keep readable names)."""
+    the organs, so 71 TotalVibeSegmentator structures keep readable names).
+
+    Args:
+        metrics: the runs' evaluation metrics (``label``, ``per_organ``, ...), one dict per run.
+        out: the image file to write.
+    """
     organs_max = max((len(run["per_organ"]) for run in metrics), default=0)
     upright = organs_max > 20  # TotalVibeSegmentator's structures: upright names, one per bar, and room for them
     fig, axes = plt.subplots(len(metrics), 1, figsize=(max(8, 0.18 * organs_max), (4.0 if upright else 2.4) * len(metrics)),
@@ -317,7 +367,12 @@ def dice_per_organ_figure(metrics: list[dict], out: str | Path) -> None:
 
 
 def metrics_by_run_figure(metrics: list[dict], out: str | Path) -> None:
-    """Bars of each headline metric per run (views and modalities side by side)."""
+    """Bars of each headline metric per run (views and modalities side by side).
+
+    Args:
+        metrics: the runs' evaluation metrics (``label`` and the headline values), one dict per run.
+        out: the image file to write.
+    """
     keys = [("psnr", "PSNR"), ("ssim", "SSIM"), ("fid", "FID"), ("dice_orig", "Dice_orig"), ("dice_gen", "Dice_gen"),
             ("fd_seg", "FD_seg")]
     fig, axes = plt.subplots(1, len(keys), figsize=(2.3 * len(keys), 2.8), layout="constrained")
@@ -336,6 +391,13 @@ def metrics_by_run_figure(metrics: list[dict], out: str | Path) -> None:
 
 
 def oracle_figure_from_evaluation(arrays: str | Path, labels: LabelMap, out: str | Path, title: str) -> None:
-    """:func:`oracle_vs_generated_figure` of one evaluated run (its ``arrays.npz``)."""
+    """:func:`oracle_vs_generated_figure` of one evaluated run.
+
+    Args:
+        arrays: the run's ``arrays.npz`` (oracle renders, generations and masks).
+        labels: the label map (the colours).
+        out: the image file to write.
+        title: the figure's title.
+    """
     with np.load(arrays) as z:
         oracle_vs_generated_figure(z["oracle"], z["generated"], z["mask"], labels, out, title)

@@ -38,7 +38,16 @@ ROWS = [
 
 
 def run_label(modality: str, view: str, source: str | None = None) -> str:
-    """Column name in the poster's style: ``CT axial``, ``CT`` (all views), ``CT→MRI axial``."""
+    """Column name in the poster's style: ``CT axial``, ``CT`` (all views), ``CT→MRI axial``.
+
+    Args:
+        modality: the generated modality (``ct``, ``mri``).
+        view: ``axial``, ``coronal``, ``sagittal`` or ``all``.
+        source: the conditioning masks' modality of a multi-modal run (None: the same).
+
+    Returns:
+        The label.
+    """
     name = modality.upper() if source is None else f"{source.upper()}→{modality.upper()}"
     return name if view == "all" else f"{name} {view}"
 
@@ -61,7 +70,15 @@ def build_tables(metrics_files: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.
 
 
 def table_notes(metrics_files: Sequence[str | Path], max_slices: int = 0) -> list[str]:
-    """The table's footnotes: why cells are n/a, and how the test slices were chosen."""
+    """The table's footnotes: why cells are n/a, and how the test slices were chosen.
+
+    Args:
+        metrics_files: the runs' metrics JSON files.
+        max_slices: ``evaluation.max_slices`` (0 = all test slices).
+
+    Returns:
+        One line per note.
+    """
     runs = [json.loads(Path(f).read_text()) for f in metrics_files]
     notes = [f"{name} n/a: {note}" for key, name in (("fid_note", "FID"), ("fid_poster_note", "FID (poster protocol)"))
              for note in sorted({r.get(key) for r in runs if r.get(key)})]
@@ -77,7 +94,19 @@ def table_notes(metrics_files: Sequence[str | Path], max_slices: int = 0) -> lis
 
 def write_tables(metrics_files: Sequence[str | Path], csv: str | Path, md: str | Path, tex: str | Path,
                  long_csv: str | Path, notes: Sequence[str] = ()) -> pd.DataFrame:
-    """Write the table as CSV, Markdown and LaTeX, plus the tidy long CSV (all atomically)."""
+    """Write the table as CSV, Markdown and LaTeX, plus the tidy long CSV (all atomically).
+
+    Args:
+        metrics_files: the runs' metrics JSON files, one column each.
+        csv: the wide CSV to write.
+        md: the Markdown table to write (``notes`` below it).
+        tex: the LaTeX table to write.
+        long_csv: the long CSV (run, metric, value) to write.
+        notes: footnotes (:func:`table_notes`).
+
+    Returns:
+        The wide table (metrics x runs, formatted strings).
+    """
     wide, long = build_tables(metrics_files)
     with atomic_path(csv) as tmp:
         wide.to_csv(tmp, index_label="metric")
