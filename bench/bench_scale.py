@@ -349,26 +349,33 @@ def stage_train(store: str, out_dir: str, steps: int = 20, batch_size: int = 8, 
 def stage_sample_eval(store: str, model: str, segmentor: str, out_dir: str, max_slices: int = 16,
                       steps: int = 5, k: int = 2, seed: int = 0) -> dict:
     """The workflow's sampling job (multi-inference) then its evaluation job, on the store's test split."""
-    from segdiff.evaluation.run import evaluation_job
-    from segdiff.sampling.experiments import sample_run
+    import torch
+
+    from segdiff.core.labels import load_label_map
+    from segdiff.evaluation.run import EvaluationJob, evaluation_job
+    from segdiff.pipeline.jobs import sampler_settings
+    from segdiff.sampling.experiments import SampleJob, SampleRunJob, sample_run
 
     cfg, out = default_study(), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sampling = {"sampler": "ddim", "steps": steps, "eta": 1.0, "batch_size": cfg["sampling"]["batch_size"], "k": k}
+    device, labels = torch.device("cpu"), load_label_map(LABELS)
+    sample = SampleJob(model=model, stores=[store], mode="multi_inference",
+                       sampler=sampler_settings(sampling, cfg["compute"]["precision"], device), k=k,
+                       max_slices=max_slices, seed=seed, device=device, out=out / "multi_inference.npz")
     with RssSampler() as sampler:
         tick = time.perf_counter()
-        sample_run(model, [store], "multi_inference", sampling, max_slices, seed, "cpu", LABELS,
-                   out / "multi_inference.npz", out / "multi_inference.png", cfg["compute"]["precision"],
-                   reconstruction=out / "reconstruction.npz", reconstruction_grid=out / "reconstruction.png",
-                   title="bench_scale")
+        sample_run(SampleRunJob(sample, labels, out / "multi_inference.png", reconstruction=out / "reconstruction.npz",
+                                reconstruction_grid=out / "reconstruction.png", title="bench_scale"))
         sample_s = time.perf_counter() - tick
         peak_sample = peak_rss_mb()
         reset = reset_peak()
         tick = time.perf_counter()
-        summary = evaluation_job("bench_scale", str(out / "multi_inference.npz"), segmentor, [store], [], LABELS, "cpu",
-                                 max_slices, seed, out / "evaluation",
-                                 inception_weights=cfg["evaluation"]["inception_weights"],
-                                 poster_inception_weights=cfg["evaluation"]["poster_inception_weights"])
+        summary = evaluation_job(EvaluationJob(
+            label="bench_scale", generation=str(out / "multi_inference.npz"), segmentor=segmentor, reference=[store],
+            oracle=[], labels=labels, device=device, max_slices=max_slices, seed=seed, out_dir=out / "evaluation",
+            inception_weights=cfg["evaluation"]["inception_weights"],
+            poster_inception_weights=cfg["evaluation"]["poster_inception_weights"]))
         evaluate_s = time.perf_counter() - tick
         peak_evaluate = peak_rss_mb()
     return {"stage": "sample_eval", "max_slices": max_slices, "k": k, "sampler_steps": steps, "sample_s": sample_s,

@@ -5,7 +5,7 @@
 - ``slices/ct/axial/{manifest.tsv,store}``: three phantom CT cases sliced axially at 32 px, the
   first two in split ``train``, the last in ``test`` (the editor's test masks);
 - ``models/diffusion/ct_axial.pt``: a tiny diffusion model trained 2 steps on the train slices,
-  with the meta of ``workflow/scripts/train_diffusion.py`` (``classes_seen``: 0..14, label
+  by the workflow's training job (:func:`segdiff.models.jobs.train_diffusion`, its meta: ``classes_seen`` 0..14, label
   ``UNSEEN`` = 15 being mapped to background in every case, so that painting it triggers the
   editor's unseen-label warning);
 - ``provenance.json``: the sampling section of the config (DDIM, 3 steps, k = 2).
@@ -21,11 +21,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig, fit_diffusion, save_diffusion
+from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig
+from segdiff.models.jobs import DiffusionTrainJob, train_diffusion
 from segdiff.core.labels import Remap, load_label_map
+from segdiff.data.loader import LoaderSettings
 from segdiff.sources.phantom import write_phantom_dataset
 from segdiff.data.shards import write_case_shards
-from segdiff.data.store import SliceStore, write_subset
+from segdiff.data.store import write_subset
 from segdiff.models.training import TrainSettings
 from segdiff.sources.volumes import load_case
 
@@ -59,14 +61,12 @@ def build_results(root: Path) -> Path:
     rows = pd.DataFrame({"case": [c["case"] for c in cases], "modality": "ct", "split": splits})
     write_subset(rows, shards, "axial", folder / "manifest.tsv", folder / "store")
 
-    store = SliceStore([folder / "store"], ["train"])
     settings = TrainSettings(steps=2, lr=1e-3, checkpoint_every=10**9, seed=SEED, ema_decay=0.5, bf16=False)
-    scheduler = SchedulerConfig(**SCHEDULER)
-    result = fit_diffusion(store, DenoiserConfig(**DENOISER), scheduler, settings, 4, work / "diffusion.ckpt",
-                           torch.device("cpu"), desc="editor fixture diffusion")
-    meta = {"modality": "ct", "view": "axial", "train_slices": len(store), "labels": labels.names, "seed": SEED,
-            "classes_seen": store.classes}
     (root / "models/diffusion").mkdir(parents=True, exist_ok=True)
-    save_diffusion(root / "models/diffusion/ct_axial.pt", result.ema, scheduler, meta)
+    train_diffusion(DiffusionTrainJob(
+        modality="ct", view="axial", stores=(str(folder / "store"),), labels=labels, denoiser=DenoiserConfig(**DENOISER),
+        scheduler=SchedulerConfig(**SCHEDULER), train=settings, batch_size=4, ablation_p=0.0,
+        checkpoint=work / "diffusion.ckpt", device=torch.device("cpu"), loader=LoaderSettings(), world_size=1,
+        model=root / "models/diffusion/ct_axial.pt", loss=work / "diffusion_loss.csv", figure=work / "diffusion_loss.png"))
     (root / "provenance.json").write_text(json.dumps({"config": {"sampling": dict(SAMPLING)}}, indent=2) + "\n")
     return root

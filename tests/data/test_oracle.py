@@ -7,7 +7,7 @@ import pytest
 from segdiff.core.errors import InputError
 from segdiff.core.labels import load_label_map
 from segdiff.evaluation.metrics import diversity_ratio
-from segdiff.data.oracle import gather_oracle, read_oracle, render_oracle, write_oracle
+from segdiff.data.oracle import OracleJob, case_oracle, gather_oracle, read_oracle, render_oracle, write_oracle
 from segdiff.sources.phantom import generate_case
 from segdiff.data.slicing import normalise, slice_volume
 from segdiff.sources.volumes import load_case
@@ -72,6 +72,19 @@ def test_oracle_slices_are_the_shards_slices_with_k_fresh_images(ct_case, tmp_pa
     mri = render_oracle("amos_0002", "mri", ct_case / "label.nii.gz", PHANTOM, 3, 2, LABELS, ["axial"], **PRE)["axial"]
     np.testing.assert_array_equal(mri["mask"], real.mask)
     assert np.abs(mri["image"][:, 0] - axial["image"][:, 0]).mean() > 0.05
+
+
+def test_oracle_job_writes_the_renders_of_each_view(ct_case, tmp_path):
+    outputs = (str(tmp_path / "axial" / "amos_0002.npz"), str(tmp_path / "sagittal" / "amos_0002.npz"))
+    case_oracle(OracleJob(case="amos_0002", contrast="mri", label_path=ct_case / "label.nii.gz", phantom=PHANTOM, seed=3,
+                          k=2, labels=LABELS, image_size=PRE["image_size"], min_foreground=PRE["min_foreground"],
+                          ct_window=None, mri_percentiles=PRE["mri_percentiles"], outputs=outputs))
+    renders = render_oracle("amos_0002", "mri", ct_case / "label.nii.gz", PHANTOM, 3, 2, LABELS, ["axial", "sagittal"], **PRE)
+    for view, path in zip(("axial", "sagittal"), outputs):
+        written = read_oracle(path)
+        assert written.keys() == renders[view].keys()
+        for key, array in renders[view].items():
+            np.testing.assert_array_equal(written[key], array)
 
 
 def test_gather_oracle_follows_the_generations_order_and_checks_anatomy(tmp_path):

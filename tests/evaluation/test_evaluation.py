@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 import scipy.linalg
 import torch
-from tiny import tiny_slices
+from tiny import make_subset, tiny_slices
 from tiny import fid_inception_state_dict
 
 from segdiff.data.dataset import SliceSet
-from segdiff.evaluation.run import METRIC_KEYS, evaluate_run, recompute_metrics
+from segdiff.data.store import SliceStore
+from segdiff.evaluation.run import METRIC_KEYS, EvaluationJob, evaluate_run, evaluation_job, recompute_metrics
 from segdiff.evaluation.features.fid import InceptionFeatures
 from segdiff.evaluation.features.radiomics import radiomics_features
 from segdiff.sampling.experiments import read_generation
@@ -135,3 +136,22 @@ def test_without_oracle_the_oracle_rows_are_none(run, tmp_path):
     assert summary["oracle"] is False and summary["diversity_gen"] == pytest.approx(run["summary"]["diversity_gen"])
     assert summary["dice_gen"] == pytest.approx(run["summary"]["dice_gen"]) and summary["frd"] == pytest.approx(run["summary"]["frd"])
     assert pd.read_csv(tmp_path / "per_slice.csv")["dice_oracle"].isna().all()
+
+
+def test_evaluation_job_evaluates_the_seeded_test_subset_of_the_stores(run, tmp_path):
+    _, store = make_subset(tmp_path)
+    real = SliceStore([store], ["test"]).subset(6, 1)  # the subset the sampling jobs drew
+    rng = np.random.default_rng(1)
+    generated = np.clip(real.image[:, None] + rng.normal(0, 0.05, (len(real), 2, 16, 16)), 0, 1).astype(np.float32)
+    generation = tmp_path / "multi_inference.npz"
+    np.savez(generation, generated=generated, original=real.image, mask=real.mask, case=real.case, slice=real.slice,
+             view=real.view, seed=np.int64(1), info=json.dumps({"mode": "multi_inference", "k": 2}))
+    segmentor, none = run["out"].parent / "segmentor.pt", str(tmp_path / "none.pth")
+    summary = evaluation_job(EvaluationJob(
+        label="CT axial", generation=str(generation), segmentor=str(segmentor), reference=(str(store),), oracle=(),
+        labels=LABELS, device=torch.device("cpu"), max_slices=6, seed=1, out_dir=tmp_path / "job",
+        inception_weights=none, poster_inception_weights=none))
+    assert summary["n_slices"] == summary["n_reference"] == 6 and summary["oracle"] is False
+    evaluate_run("CT axial", str(generation), str(segmentor), real, LABELS, torch.device("cpu"), tmp_path / "direct",
+                 inception_weights=none, poster_inception_weights=none)
+    assert (tmp_path / "job/metrics.json").read_text() == (tmp_path / "direct/metrics.json").read_text()

@@ -3,6 +3,7 @@
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,9 +14,13 @@ from segdiff.data.dataset import SliceSet
 from segdiff.models.diffusion import (DenoiserConfig, SchedulerConfig, SegGuidedDenoiser, ablate_masks, make_scheduler, min_snr_weights, fit_diffusion,
                                load_diffusion, one_hot, save_diffusion)
 from segdiff.core.errors import InputError
+from segdiff.core.labels import LabelMap
+from segdiff.data.loader import LoaderSettings
+from segdiff.data.store import SliceStore
+from segdiff.models.jobs import DiffusionTrainJob, train_diffusion
 from segdiff.sampling.samplers import SamplerSettings, generate, initial_noise, sample_seed, stochastic_step
 from segdiff.models.training import TrainSettings, warmup_cosine
-from tiny import TINY, SCHED, perturbed_model, tiny_slices
+from tiny import TINY, SCHED, make_subset, perturbed_model, tiny_slices
 
 @pytest.mark.parametrize("conditioning", ["concat", "add"])
 def test_both_conditioning_modes_use_the_mask(conditioning):
@@ -203,3 +208,26 @@ def test_model_file_roundtrip_and_refusals(tmp_path):
     torch.save({"format": MODEL_FORMAT, "kind": "diffusion", "payload": Evil()}, unsafe, pickle_module=pickle)
     with pytest.raises(InputError, match="unsafe.pt: not a readable diffusion file"):
         load_diffusion(unsafe)
+
+
+def test_training_job_writes_the_model_its_loss_and_curve(tmp_path):
+    """The workflow's training job (:func:`train_diffusion`): the model fit_diffusion trains, with the job's meta."""
+    torch.set_num_threads(1)
+    _, store = make_subset(tmp_path)
+    labels = LabelMap({1: "liver", 2: "spleen", 3: "kidney"})
+    settings = TrainSettings(steps=2, lr=1e-3, checkpoint_every=10, seed=3, ema_decay=0.9, bf16=False)
+    job = DiffusionTrainJob(modality="ct", view="axial", stores=(str(store),), labels=labels,
+                            denoiser=DenoiserConfig(**TINY), scheduler=SCHED, train=settings, batch_size=4, ablation_p=0.3,
+                            checkpoint=tmp_path / "job.ckpt", device=torch.device("cpu"), loader=LoaderSettings(),
+                            world_size=1, model=tmp_path / "model.pt", loss=tmp_path / "loss.csv", figure=tmp_path / "loss.png")
+    train_diffusion(job)
+    slices = SliceStore([store], ["train"])
+    direct = fit_diffusion(slices, DenoiserConfig(**TINY), SCHED, settings, 4, tmp_path / "direct.ckpt", torch.device("cpu"),
+                           ablation_p=0.3)
+    model, sched, meta = load_diffusion(job.model)
+    assert sched == SCHED
+    assert meta == {"modality": "ct", "view": "axial", "train_slices": len(slices), "labels": labels.names, "seed": 3,
+                    "classes_seen": slices.classes}
+    for (name, a), b in zip(direct.ema.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a.cpu(), b), name
+    assert len(pd.read_csv(job.loss)) == 2 and job.figure.stat().st_size > 1000

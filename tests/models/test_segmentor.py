@@ -1,11 +1,16 @@
 """The auxiliary segmentor: learns real masks, round-trips its model file, exposes bottleneck features."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from tiny import tiny_slices
+from tiny import make_subset, tiny_slices
 
 from segdiff.core.errors import InputError
+from segdiff.core.labels import LabelMap
+from segdiff.data.loader import LoaderSettings
+from segdiff.data.store import SliceStore
+from segdiff.models.jobs import SegmentorTrainJob, train_segmentor
 from segdiff.models.diffusion import load_diffusion
 from segdiff.evaluation.metrics import DiceAccumulator
 from segdiff.models.segmentor import SegmentorConfig, fit_segmentor, load_segmentor, predict, save_segmentor
@@ -40,3 +45,22 @@ def test_segmentor_file_roundtrip_and_kind_check(trained, tmp_path):
     np.testing.assert_array_equal(predict(model, images, torch.device("cpu"))[0], predict(trained.ema, images, torch.device("cpu"))[0])
     with pytest.raises(InputError, match="holds a 'segmentor' model, expected 'diffusion'"):
         load_diffusion(path)
+
+
+def test_training_job_writes_the_model_and_its_loss(tmp_path):
+    """The workflow's training job (:func:`train_segmentor`): the model fit_segmentor trains, with the job's meta."""
+    torch.set_num_threads(1)
+    _, store = make_subset(tmp_path)
+    settings = TrainSettings(steps=2, lr=0.01, checkpoint_every=10, seed=1, ema_decay=0.5, bf16=False)
+    job = SegmentorTrainJob(modality="ct", stores=(str(store),), splits=["train", "val"],
+                            labels=LabelMap({1: "liver", 2: "spleen", 3: "kidney"}), config=CONFIG, train=settings,
+                            batch_size=4, augmentation=True, checkpoint=tmp_path / "job.ckpt", device=torch.device("cpu"),
+                            loader=LoaderSettings(), world_size=1, model=tmp_path / "seg.pt", loss=tmp_path / "loss.csv")
+    train_segmentor(job)
+    slices = SliceStore([store], ["train", "val"])
+    direct = fit_segmentor(slices, CONFIG, settings, 4, tmp_path / "direct.ckpt", torch.device("cpu"), augmentation=True)
+    model, config, meta = load_segmentor(job.model)
+    assert config == CONFIG and meta == {"modality": "ct", "train_slices": len(slices), "splits": ["train", "val"]}
+    for (name, a), b in zip(direct.ema.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a.cpu(), b), name
+    assert len(pd.read_csv(job.loss)) == 2

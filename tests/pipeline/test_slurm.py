@@ -24,7 +24,10 @@ from studies import TINY, TINY_MODEL, hermetic_env, snakemake
 
 from segdiff.core.checkpoints import CHECKPOINT_FORMAT, load_file
 from segdiff.models.diffusion import load_diffusion
-from segdiff.sampling.experiments import read_generation, sample_run
+from segdiff.core.device import pick_device
+from segdiff.core.labels import load_label_map
+from segdiff.pipeline.jobs import sampler_settings
+from segdiff.sampling.experiments import SampleJob, SampleRunJob, read_generation, sample_run
 from segdiff.pipeline.job_memory import train_mem_mb
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
@@ -144,9 +147,13 @@ def test_tiny_study_through_slurm_equals_local_run(cluster, tmp_path, monkeypatc
     torch.set_num_threads(2)  # as the jobs ran (compute.sample_threads 2 by default)
     try:
         used = read_generation("results/samples/mri_axial/multi_inference.npz")["info"]  # the sampler settings the jobs used
-        sample_run(MODEL, ["results/slices/mri/axial/store"], "multi_inference", {**used["sampler"], "k": used["k"]},
-                   STUDY["evaluation"]["max_slices"], STUDY["seed"], "auto", "amos15", "one/multi_inference.npz",
-                   "one/multi_inference.png", "auto", "one/reconstruction.npz", "one/reconstruction.png")
+        device = pick_device("auto")
+        job = SampleJob(model=MODEL, stores=["results/slices/mri/axial/store"], mode="multi_inference",
+                        sampler=sampler_settings(used["sampler"], "auto", device), k=used["k"],
+                        max_slices=STUDY["evaluation"]["max_slices"], seed=STUDY["seed"], device=device,
+                        out="one/multi_inference.npz")
+        sample_run(SampleRunJob(job, load_label_map("amos15"), "one/multi_inference.png", "one/reconstruction.npz",
+                                "one/reconstruction.png"))
     finally:
         torch.set_num_threads(threads)
     for name in ("multi_inference", "reconstruction"):

@@ -10,19 +10,23 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from tiny import SCHED, perturbed_model
 from studies import TINY, TINY_MODEL, job_counts, snakemake
 
 from segdiff.models.diffusion import save_diffusion
 from segdiff.core.errors import InputError
+from segdiff.core.labels import load_label_map
+from segdiff.pipeline.jobs import sampler_settings
 from segdiff.sampling.chunks import chunk_bounds, scatter_item
-from segdiff.sampling.experiments import (gather_run, merge_chunks, read_generation, sample_chunk, sample_run,
-                                subset_index)
+from segdiff.sampling.experiments import (GatherJob, SampleJob, SampleRunJob, gather_run, merge_chunks, read_generation,
+                                          sample_chunk, sample_run, subset_index)
 from segdiff.data.shards import build_manifest
 from segdiff.data.slicing import Shard
 from segdiff.data.store import SliceStore, write_store
 
 SAMPLING = {"sampler": "ddim", "steps": 2, "eta": 1.0, "batch_size": 4, "k": 2}  # batch blocks of 2 slices
+SAMPLER = sampler_settings(SAMPLING, "fp32", torch.device("cpu"))
 MAX_SLICES = 9
 CHUNKS = 3
 FILES = ("multi_inference", "reconstruction")
@@ -66,13 +70,18 @@ def run_files(folder, mode):
     return files
 
 
+def sample_job(model, stores, mode, seed, out, chunk=0, chunks=1):
+    return SampleJob(model=model, stores=stores, mode=mode, sampler=SAMPLER, k=SAMPLING["k"], max_slices=MAX_SLICES,
+                     seed=seed, device=torch.device("cpu"), out=out, chunk=chunk, chunks=chunks)
+
+
 def sample_chunks(setup, mode, folder, chunks=CHUNKS, seed=5, model=None, only=None):
     """The chunk files of a run (those numbered ``only``, 0-based, when given)."""
     root, default_model, stores = setup
     parts = [folder / f"part_{i + 1}-of-{chunks}.npz" for i in range(chunks)]
     for i, part in enumerate(parts):
         if only is None or i in only:
-            sample_chunk(model or default_model, stores, mode, SAMPLING, MAX_SLICES, seed, "cpu", part, i, chunks, "fp32")
+            sample_chunk(sample_job(model or default_model, stores, mode, seed, part, i, chunks))
     return parts
 
 
@@ -92,16 +101,17 @@ def assert_same_generation(merged, unsplit, merged_path, unsplit_path):
 def test_chunks_merge_to_the_unsplit_run_and_read_only_their_rows(setup, tmp_path, monkeypatch, mode):
     root, model, stores = setup
     whole, split = run_files(tmp_path / "whole", mode), run_files(tmp_path / "split", mode)
-    sample_run(model, stores, mode, SAMPLING, MAX_SLICES, 5, "cpu", "amos15", whole["samples"], whole["grid"], "fp32",
-               whole.get("reconstruction"), whole.get("reconstruction_grid"), title="t")
+    labels = load_label_map("amos15")
+    sample_run(SampleRunJob(sample_job(model, stores, mode, 5, whole["samples"]), labels, whole["grid"],
+                            whole.get("reconstruction"), whole.get("reconstruction_grid"), title="t"))
     reads = []
     real_read = SliceStore.read
     monkeypatch.setattr(SliceStore, "read", lambda self, index: reads.append(len(index)) or real_read(self, index))
     parts = sample_chunks(setup, mode, tmp_path / "parts")
     assert reads == [4, 4, 1]  # each chunk reads its part only: 5 batch blocks of 2 slices split 2, 2, 1
     random.Random(0).shuffle(parts)  # the gather sorts them
-    gather_run(parts, "amos15", split["samples"], split["grid"], split.get("reconstruction"),
-               split.get("reconstruction_grid"), title="t")
+    gather_run(GatherJob(parts, labels, split["samples"], split["grid"], split.get("reconstruction"),
+                         split.get("reconstruction_grid"), title="t"))
     for name in [f for f in ("samples", "reconstruction") if f in whole]:
         unsplit, merged = read_generation(whole[name]), read_generation(split[name])
         assert_same_generation(merged, unsplit, merged_path=split["samples"], unsplit_path=whole["samples"])

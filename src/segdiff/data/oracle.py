@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -25,12 +26,45 @@ import numpy as np
 
 from segdiff.core.atomic import atomic_path
 from segdiff.core.errors import InputError
-from segdiff.core.labels import LabelMap, load_label_map
+from segdiff.core.labels import LabelMap
 from segdiff.sources.phantom import generate_case
 from segdiff.data.slicing import normalise, slice_volume
 from segdiff.sources.volumes import load_case
 
-__all__ = ["render_oracle", "write_oracle", "read_oracle", "gather_oracle", "case_oracle"]
+__all__ = ["OracleJob", "render_oracle", "write_oracle", "read_oracle", "gather_oracle", "case_oracle"]
+
+
+@dataclass(frozen=True)
+class OracleJob:
+    """The workflow's oracle job of one phantom test case (rule ``oracle_case``, :func:`case_oracle`).
+
+    Attributes:
+        case: the phantom case id.
+        contrast: the modality the renders are drawn in (``ct`` or ``mri``; may differ from the case's).
+        label_path: the case's label volume (the renders are sliced exactly like its shards).
+        phantom: the config's ``phantom`` section (``shape`` and ``spacing`` are used).
+        seed: the study seed the phantom was drawn with.
+        k: renders per case.
+        labels: the label map.
+        image_size: slice size in pixels (``preprocess.image_size``).
+        min_foreground: organ pixels a slice needs to be kept (``preprocess.min_foreground``).
+        ct_window: the CT intensity window (``preprocess.ct_window``; None when ``contrast`` is MRI).
+        mri_percentiles: the MRI normalisation percentiles (None when ``contrast`` is CT).
+        outputs: the oracle files to write, ``.../{view}/{case}.npz``, one per view.
+    """
+
+    case: str
+    contrast: str
+    label_path: str | Path
+    phantom: Mapping
+    seed: int
+    k: int
+    labels: LabelMap
+    image_size: int
+    min_foreground: int
+    ct_window: Sequence[float] | None
+    mri_percentiles: Sequence[float] | None
+    outputs: Sequence[str | Path]
 
 
 def render_oracle(
@@ -135,12 +169,14 @@ def gather_oracle(files: Sequence[str | Path], case: np.ndarray, view: np.ndarra
     return out
 
 
-def case_oracle(case: str, contrast: str, label_path: str | Path, phantom: Mapping, seed: int, k: int, labels: str,
-                preprocess: Mapping, outputs: Sequence[str | Path]) -> None:
-    """The workflow's oracle job: renders of one case written to ``outputs`` (``.../{view}/{case}.npz``).
-    ``preprocess`` needs only the intensity setting of ``contrast`` (``ct_window`` or ``mri_percentiles``)."""
-    paths = {Path(p).parent.name: p for p in outputs}
-    renders = render_oracle(case, contrast, label_path, phantom, seed, k, load_label_map(labels), list(paths),
-                            image_size=preprocess["image_size"], min_foreground=preprocess["min_foreground"],
-                            ct_window=preprocess.get("ct_window"), mri_percentiles=preprocess.get("mri_percentiles"))
+def case_oracle(job: OracleJob) -> None:
+    """The workflow's oracle job: renders of one case written to ``job.outputs`` (``.../{view}/{case}.npz``).
+
+    Args:
+        job: the case, its renders and the files.
+    """
+    paths = {Path(p).parent.name: p for p in job.outputs}
+    renders = render_oracle(job.case, job.contrast, job.label_path, job.phantom, job.seed, job.k, job.labels, list(paths),
+                            image_size=job.image_size, min_foreground=job.min_foreground, ct_window=job.ct_window,
+                            mri_percentiles=job.mri_percentiles)
     write_oracle(renders, paths)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +41,16 @@ from segdiff.data.dataset import SliceSet
 from segdiff.evaluation.features.fid import InceptionFeatures
 from segdiff.evaluation.features.radiomics import dominant_feature, frd_from_features, radiomics_features
 from segdiff.sampling.experiments import read_generation
-from segdiff.core.labels import LabelMap, load_label_map
+from segdiff.core.labels import LabelMap
 from segdiff.evaluation.metrics import DiceAccumulator, GaussianStats, dice_per_slice, diversity, frechet_distance, psnr, ssim
 from segdiff.data.oracle import gather_oracle
 from segdiff.evaluation.features.poster import PosterInceptionFeatures
 from segdiff.evaluation.poster import poster_dice, poster_psnr, poster_ssim
 from segdiff.models.segmentor import load_segmentor, predict
 from segdiff.data.store import SliceStore
-from segdiff.core.device import pick_device
 from segdiff.sources.weights import WeightsUnavailable
 
-__all__ = ["evaluate_run", "recompute_metrics", "evaluation_job", "METRIC_KEYS"]
+__all__ = ["EvaluationJob", "evaluate_run", "recompute_metrics", "evaluation_job", "METRIC_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +224,50 @@ def evaluate_run(
     return summary
 
 
-def evaluation_job(label: str, generation: str, segmentor: str, reference_stores: Sequence[str], oracle: Sequence[str],
-                   labels: str, device: str, max_slices: int, seed: int, out_dir: str | Path,
-                   inception_weights: str = "", poster_inception_weights: str = "") -> dict:
-    """The workflow's evaluation job: the real test subset the samplers used, then :func:`evaluate_run`."""
-    reference = SliceStore(reference_stores, ["test"]).subset(max_slices, seed)
-    return evaluate_run(label, generation, segmentor, reference, load_label_map(labels), pick_device(device), out_dir,
-                        oracle=oracle, inception_weights=inception_weights or None,
-                        poster_inception_weights=poster_inception_weights or None)
+@dataclass(frozen=True)
+class EvaluationJob:
+    """The workflow's evaluation of one run (rule ``evaluate``, :func:`evaluation_job`).
+
+    Attributes:
+        label: the run's label in the table (e.g. ``CT axial``).
+        generation: the run's multi-inference or multi-modal generation file.
+        segmentor: the target modality's auxiliary segmentor.
+        reference: slice stores of the target modality; the same seeded test subset as the sampling
+            job's (``max_slices``, ``seed``) is taken from their ``test`` split.
+        oracle: oracle files of the masks' cases (phantom only; empty elsewhere).
+        labels: the label map.
+        device: where the segmentor and the feature extractors run.
+        max_slices: size of the test subset (0: every test slice).
+        seed: the run seed (it picks the subset).
+        out_dir: the folder of ``arrays.npz``, ``per_slice.csv`` and ``metrics.json``.
+        inception_weights: pytorch-fid InceptionV3 weights (empty: the torch hub cache).
+        poster_inception_weights: torchvision's ImageNet InceptionV3 weights (empty: the torch hub cache).
+    """
+
+    label: str
+    generation: str | Path
+    segmentor: str | Path
+    reference: Sequence[str | Path]
+    oracle: Sequence[str | Path]
+    labels: LabelMap
+    device: torch.device
+    max_slices: int
+    seed: int
+    out_dir: str | Path
+    inception_weights: str = ""
+    poster_inception_weights: str = ""
+
+
+def evaluation_job(job: EvaluationJob) -> dict:
+    """The workflow's evaluation job: the real test subset the samplers used, then :func:`evaluate_run`.
+
+    Args:
+        job: the run to evaluate.
+
+    Returns:
+        The summary written to ``metrics.json``.
+    """
+    reference = SliceStore(job.reference, ["test"]).subset(job.max_slices, job.seed)
+    return evaluate_run(job.label, job.generation, job.segmentor, reference, job.labels, job.device, job.out_dir,
+                        oracle=job.oracle, inception_weights=job.inception_weights or None,
+                        poster_inception_weights=job.poster_inception_weights or None)

@@ -27,8 +27,8 @@ import hashlib
 import json
 import logging
 import zipfile
-from dataclasses import asdict
-from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +40,91 @@ from segdiff.data.dataset import SliceSet, stratified_subset
 from segdiff.models.diffusion import load_diffusion
 from segdiff.core.errors import InputError
 from segdiff.report.figures import generation_grid_figure
-from segdiff.core.labels import load_label_map
+from segdiff.core.labels import LabelMap
 from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
 from segdiff.data.store import SliceStore
-from segdiff.core.device import pick_device, use_bf16
 
-__all__ = ["MODES", "run_generation", "read_generation", "sample_run", "subset_index", "sample_chunk",
-           "merge_chunks", "gather_run"]
+__all__ = ["MODES", "SampleJob", "SampleRunJob", "GatherJob", "run_generation", "read_generation", "sample_run",
+           "subset_index", "sample_chunk", "merge_chunks", "gather_run"]
 
 log = logging.getLogger(__name__)
 
 MODES = ("reconstruction", "multi_inference", "multimodal")
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """One sampling job: part ``chunk`` of ``chunks`` of a run's test subset through a diffusion model.
+
+    Attributes:
+        model: the diffusion model file (:func:`segdiff.models.diffusion.save_diffusion`).
+        stores: slice stores whose ``test`` split holds the masks (and the originals).
+        mode: one of :data:`MODES`.
+        sampler: the sampler, its batch and its precision (``bf16`` already decided for ``device``).
+        k: generations per mask (a reconstruction samples 1 whatever ``k``).
+        max_slices: size of the seeded, stratified test subset (0: every test slice).
+        seed: the run seed: it picks the subset and seeds every generation (:func:`sample_seed`).
+        device: where the model runs.
+        out: the chunk file (:func:`sample_chunk`) or, for :func:`sample_run`, the run's generation file.
+        chunk: the part, 0-based (:func:`segdiff.sampling.chunks.chunk_bounds`).
+        chunks: parts the run is split into (1: the whole subset).
+    """
+
+    model: str | Path
+    stores: Sequence[str | Path]
+    mode: str
+    sampler: SamplerSettings
+    k: int
+    max_slices: int
+    seed: int
+    device: torch.device
+    out: str | Path
+    chunk: int = 0
+    chunks: int = 1
+
+
+@dataclass(frozen=True)
+class SampleRunJob:
+    """A run's sampling in one job (:func:`sample_run`): the whole test subset, then the PNG grids.
+
+    Attributes:
+        sample: what to sample (``chunk`` 0 of ``chunks`` 1); its ``out`` is the run's generation file.
+        labels: the label map the grids colour the masks with.
+        grid: the PNG grid of the generation file.
+        reconstruction: with ``mode`` multi-inference, the reconstruction file taken from it (generation 1).
+        reconstruction_grid: the PNG grid of the reconstruction file.
+        title: the grids' title (after the mode).
+    """
+
+    sample: SampleJob
+    labels: LabelMap
+    grid: str | Path
+    reconstruction: str | Path | None = None
+    reconstruction_grid: str | Path | None = None
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class GatherJob:
+    """The gather job of a run split into chunks (:func:`gather_run`).
+
+    Attributes:
+        parts: the chunk files of the run (:func:`sample_chunk`), in any order.
+        labels: the label map the grids colour the masks with.
+        out: the run's generation file.
+        grid: its PNG grid.
+        reconstruction: from a multi-inference run, the reconstruction file taken from it (generation 1).
+        reconstruction_grid: the PNG grid of the reconstruction file.
+        title: the grids' title (after the mode).
+    """
+
+    parts: Sequence[str | Path]
+    labels: LabelMap
+    out: str | Path
+    grid: str | Path
+    reconstruction: str | Path | None = None
+    reconstruction_grid: str | Path | None = None
+    title: str = ""
 
 
 def run_generation(
@@ -135,15 +209,9 @@ def read_generation(path: str | Path) -> dict:
     return arrays
 
 
-def _settings(sampling: Mapping, precision: str, device: torch.device) -> SamplerSettings:
-    return SamplerSettings(sampler=sampling["sampler"], steps=sampling["steps"], eta=sampling["eta"],
-                           batch_size=sampling["batch_size"], bf16=use_bf16(precision, device))
-
-
-def _grids(arrays: dict, mode: str, labels: str, grid: str | Path, reconstruction_grid: str | Path | None,
+def _grids(arrays: dict, mode: str, label_map: LabelMap, grid: str | Path, reconstruction_grid: str | Path | None,
            title: str) -> None:
     """The PNG grid of a generation file (and of the reconstruction taken from it)."""
-    label_map = load_label_map(labels)
     original = None if mode == "multimodal" else arrays["original"]
     generation_grid_figure(original, arrays["mask"], arrays["generated"], label_map, grid,
                            f"{mode.replace('_', '-')}: {title}")
@@ -152,31 +220,21 @@ def _grids(arrays: dict, mode: str, labels: str, grid: str | Path, reconstructio
                                f"reconstruction: {title}")
 
 
-def sample_run(
-    model_path: str | Path,
-    stores: Sequence[str | Path],
-    mode: str,
-    sampling: Mapping,
-    max_slices: int,
-    seed: int,
-    device: str,
-    labels: str,
-    out: str | Path,
-    grid: str | Path,
-    precision: str = "auto",
-    reconstruction: str | Path | None = None,
-    reconstruction_grid: str | Path | None = None,
-    title: str = "",
-) -> None:
-    """A run's sampling in one job: the (seeded, stratified) test subset of the slice ``stores`` through
-    the model in ``mode``, its ``.npz`` file(s) and their PNG grids. (The workflow splits it:
-    :func:`sample_chunk` per part, then :func:`gather_run`; the files are the same.)"""
-    device = pick_device(device)
-    settings = _settings(sampling, precision, device)
-    test = SliceStore(stores, ["test"]).subset(max_slices, seed)
-    arrays = run_generation(model_path, test, mode, settings, seed, device, out, k=sampling["k"],
-                            reconstruction=reconstruction)
-    _grids(arrays, mode, labels, grid, reconstruction_grid, title)
+def sample_run(job: SampleRunJob) -> None:
+    """A run's sampling in one job: the (seeded, stratified) test subset of the slice stores through
+    the model, its ``.npz`` file(s) and their PNG grids. (The workflow splits it:
+    :func:`sample_chunk` per part, then :func:`gather_run`; the files are the same.)
+
+    Args:
+        job: the run; ``job.sample`` must be the whole subset (``chunks`` 1).
+    """
+    s = job.sample
+    if (s.chunk, s.chunks) != (0, 1):
+        raise ValueError(f"sample_run samples the whole subset (chunk 0 of 1), got chunk {s.chunk} of {s.chunks}")
+    test = SliceStore(s.stores, ["test"]).subset(s.max_slices, s.seed)
+    arrays = run_generation(s.model, test, s.mode, s.sampler, s.seed, s.device, s.out, k=s.k,
+                            reconstruction=job.reconstruction)
+    _grids(arrays, s.mode, job.labels, job.grid, job.reconstruction_grid, job.title)
 
 
 def subset_index(store: SliceStore, max_slices: int, seed: int) -> np.ndarray:
@@ -192,38 +250,28 @@ def _subset_digest(case: np.ndarray, view: np.ndarray, slice_index: np.ndarray) 
     return hashlib.sha256(keys.encode()).hexdigest()
 
 
-def sample_chunk(
-    model_path: str | Path,
-    stores: Sequence[str | Path],
-    mode: str,
-    sampling: Mapping,
-    max_slices: int,
-    seed: int,
-    device: str,
-    out: str | Path,
-    chunk: int,
-    chunks: int,
-    precision: str = "auto",
-) -> None:
-    """One sampling job of a run split into ``chunks``: part ``chunk`` (0-based, :func:`chunk_bounds`)
+def sample_chunk(job: SampleJob) -> None:
+    """One sampling job of a run split into ``job.chunks``: part ``job.chunk`` (0-based, :func:`chunk_bounds`)
     of the test subset :func:`sample_run` would sample, and only its slices are read.
 
-    ``out`` is a generation file of that part plus ``part`` (JSON: chunk, chunks, start, stop,
+    ``job.out`` is a generation file of that part plus ``part`` (JSON: chunk, chunks, start, stop,
     total = the subset's size, subset = a fingerprint of the whole subset's slices) for :func:`merge_chunks`.
+
+    Args:
+        job: the part to sample and where.
     """
+    chunk, chunks = job.chunk, job.chunks
     if not 0 <= chunk < chunks:
         raise ValueError(f"chunk {chunk} is not one of 0..{chunks - 1}")
-    device = pick_device(device)
-    settings = _settings(sampling, precision, device)
-    store = SliceStore(stores, ["test"])
-    index = subset_index(store, max_slices, seed)
-    k = 1 if mode == "reconstruction" else sampling["k"]
-    start, stop = chunk_bounds(len(index), chunks, k, settings.batch_size)[chunk]
+    store = SliceStore(job.stores, ["test"])
+    index = subset_index(store, job.max_slices, job.seed)
+    k = 1 if job.mode == "reconstruction" else job.k
+    start, stop = chunk_bounds(len(index), chunks, k, job.sampler.batch_size)[chunk]
     log.info("chunk %d of %d: subset slices %d..%d of %d", chunk + 1, chunks, start, stop - 1, len(index))
-    arrays = _generation_arrays(model_path, store.take(index[start:stop]), mode, settings, seed, device, k)
+    arrays = _generation_arrays(job.model, store.take(index[start:stop]), job.mode, job.sampler, job.seed, job.device, k)
     part = {"chunk": chunk, "chunks": chunks, "start": start, "stop": stop, "total": len(index),
             "subset": _subset_digest(store.case[index], store.view[index], store.slice[index])}
-    _write_generation({**arrays, "part": json.dumps(part)}, out)
+    _write_generation({**arrays, "part": json.dumps(part)}, job.out)
 
 
 def _read_part(path: Path) -> dict:
@@ -319,15 +367,11 @@ def merge_chunks(parts: Sequence[str | Path], out: str | Path, reconstruction: s
     return arrays
 
 
-def gather_run(
-    parts: Sequence[str | Path],
-    labels: str,
-    out: str | Path,
-    grid: str | Path,
-    reconstruction: str | Path | None = None,
-    reconstruction_grid: str | Path | None = None,
-    title: str = "",
-) -> None:
-    """The workflow's gather job: :func:`merge_chunks`, then the PNG grids :func:`sample_run` draws."""
-    arrays = merge_chunks(parts, out, reconstruction)
-    _grids(arrays, json.loads(arrays["info"])["mode"], labels, grid, reconstruction_grid, title)
+def gather_run(job: GatherJob) -> None:
+    """The workflow's gather job: :func:`merge_chunks`, then the PNG grids :func:`sample_run` draws.
+
+    Args:
+        job: the chunk files and the run's files.
+    """
+    arrays = merge_chunks(job.parts, job.out, job.reconstruction)
+    _grids(arrays, json.loads(arrays["info"])["mode"], job.labels, job.grid, job.reconstruction_grid, job.title)
