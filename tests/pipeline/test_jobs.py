@@ -25,7 +25,7 @@ from segdiff.models.training import TrainSettings
 from segdiff.pipeline import jobs
 from segdiff.pipeline.config import load_config
 from segdiff.pipeline.job_params import diffusion_params, preprocess_params, sampling_params, segmentor_params
-from segdiff.report.jobs import LOSS_PANELS, EvaluationFiguresJob, loss_panels
+from segdiff.evaluation.figures import LOSS_PANELS, EvaluationFiguresJob, loss_panels
 from segdiff.sampling.experiments import GatherJob, SampleJob
 from segdiff.sampling.samplers import SamplerSettings
 

@@ -1,5 +1,5 @@
 from segdiff.pipeline import jobs
 from segdiff.pipeline.runtime import run_script
-from segdiff.report.jobs import evaluation_figures
+from segdiff.evaluation.figures import evaluation_figures
 
 run_script(snakemake, lambda: evaluation_figures(jobs.evaluation_figures_job(snakemake)))

@@ -11,8 +11,8 @@ a builder here turns the rule's ``params``, ``input``, ``output`` and ``wildcard
 - :func:`evaluation_job` -> :class:`~segdiff.evaluation.run.EvaluationJob` -> :func:`segdiff.evaluation.run.evaluation_job`;
 - :func:`oracle_job` -> :class:`~segdiff.data.oracle.OracleJob` -> :func:`segdiff.data.oracle.case_oracle`;
 - :func:`slice_case_job` -> :class:`~segdiff.data.jobs.SliceCaseJob` -> :func:`segdiff.data.jobs.slice_case`;
-- :func:`evaluation_figures_job` -> :class:`~segdiff.report.jobs.EvaluationFiguresJob` ->
-  :func:`segdiff.report.jobs.evaluation_figures`.
+- :func:`evaluation_figures_job` -> :class:`~segdiff.evaluation.figures.EvaluationFiguresJob` ->
+  :func:`segdiff.evaluation.figures.evaluation_figures`.
 
 The other scripts pass a few params and files straight to one library function.
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from segdiff.data.oracle import OracleJob
     from segdiff.evaluation.run import EvaluationJob
     from segdiff.models.jobs import DiffusionTrainJob, SegmentorTrainJob
-    from segdiff.report.jobs import EvaluationFiguresJob
+    from segdiff.evaluation.figures import EvaluationFiguresJob
     from segdiff.sampling.experiments import GatherJob, SampleJob
     from segdiff.sampling.samplers import SamplerSettings
 
@@ -211,10 +211,10 @@ def evaluation_figures_job(snakemake: Any) -> EvaluationFiguresJob:
             ``losses``; output ``panel``, ``dice``, ``metrics``, ``losses``.
 
     Returns:
-        The :class:`~segdiff.report.jobs.EvaluationFiguresJob`.
+        The :class:`~segdiff.evaluation.figures.EvaluationFiguresJob`.
     """
     from segdiff.core.labels import load_label_map
-    from segdiff.report.jobs import EvaluationFiguresJob
+    from segdiff.evaluation.figures import EvaluationFiguresJob
 
     i, o = snakemake.input, snakemake.output
     return EvaluationFiguresJob(metrics=_paths(i.metrics), generations=_paths(i.panel), losses=_paths(i.losses),

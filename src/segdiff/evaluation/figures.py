@@ -12,6 +12,7 @@ from pathlib import Path
 from segdiff.core.labels import LabelMap
 from segdiff.report.figures import dice_per_organ_figure, generations_panel_figure, loss_panels_figure, metrics_by_run_figure
 from segdiff.report.tables import run_label
+from segdiff.sampling.experiments import read_generation
 
 __all__ = ["PANEL_ROWS", "LOSS_PANELS", "EvaluationFiguresJob", "loss_panels", "evaluation_figures"]
 
@@ -71,8 +72,6 @@ def evaluation_figures(job: EvaluationFiguresJob) -> None:
     Args:
         job: the runs' files and the figures to write.
     """
-    from segdiff.sampling.experiments import read_generation  # (sampling imports the report's figures)
-
     metrics = [json.loads(Path(m).read_text()) for m in job.metrics]
     panels = [(PANEL_ROWS[Path(f).stem], read_generation(f)) for f in job.generations]
     generations_panel_figure(panels, job.labels, job.panel_figure)
