@@ -1,6 +1,8 @@
 # segdiff: segmentation-guided diffusion for CT and MRI.
 #   snakemake --cores all                      the whole study on the embedded phantom
 #   snakemake --cores all --forcerun results/models/diffusion/ct_axial.pt   retrain, resample, re-evaluate one run
+#   snakemake --cores 2 --directory .test      the tiny study the tests run (.test/config/config.yaml), in minutes
+# The keys to edit first: config/README.md. Runs, targets and resource requests: segdiff.pipeline.plan (PLAN).
 # A changed setting reruns the jobs it shapes and no other (README, "What reruns when you change a setting").
 # See docs/architecture.md for stages and file contracts.
 
@@ -25,10 +27,10 @@ onsuccess:
     # checkpoints stay until the workflow succeeds: a job killed after its last step resumes at the end
     from segdiff.core.checkpoints import remove_finished  # (torch: imported only here, not at every parse)
 
-    remove_finished(checkpoint_pairs())
+    remove_finished(PLAN.checkpoint_pairs())
 
 
 rule all:
-    input:
-        all_outputs(),
     default_target: True
+    input:
+        PLAN.all_outputs(),

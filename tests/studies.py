@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -10,17 +11,15 @@ from pathlib import Path
 import yaml
 from conftest import REPO
 
-TINY = {
-    "seed": 3,
-    "phantom": {"n_ct": 3, "n_mri": 3, "shape": [48, 40, 24], "spacing": [8.0, 8.0, 12.0]},
-    "preprocess": {"image_size": 16, "min_foreground": 4},
-    "diffusion": {"runs": []},
-    "sampling": {"multimodal": []},
-    "segmentor": {"model": {"channels": [8, 16], "strides": [2]},
-                  "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1}},
-}
+#: the tiny study, as users run it (`snakemake --cores 2 --directory .test`): the file is the tested study
+STUDY_FILE = REPO / ".test/config/config.yaml"
+STUDY = yaml.safe_load(STUDY_FILE.read_text())
 DATA_ONLY = {"diffusion": {"runs": []}, "sampling": {"multimodal": []}}  # data rules only
-TINY_MODEL = {"channels": [8, 8], "attention_levels": [False, False], "norm_num_groups": 4, "num_head_channels": 8}
+#: the tiny study's data and segmentor settings, without its diffusion runs and evaluation: the data rules only
+TINY = copy.deepcopy({key: value for key, value in STUDY.items() if key not in ("diffusion", "sampling", "evaluation")}
+                     | DATA_ONLY)
+#: the tiny study's diffusion network
+TINY_MODEL = STUDY["diffusion"]["model"]
 
 
 def hermetic_env(workdir: Path) -> dict:

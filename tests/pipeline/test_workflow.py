@@ -17,7 +17,7 @@ import scipy.linalg
 import torch
 import yaml
 from conftest import REPO, TOTALSEG, ras_pair, save
-from studies import DATA_ONLY, TINY, TINY_MODEL, hermetic_env, job_counts, snakemake
+from studies import DATA_ONLY, STUDY, TINY, hermetic_env, job_counts, snakemake
 
 from segdiff.models.diffusion import load_diffusion
 from segdiff.sampling.experiments import read_generation
@@ -154,16 +154,8 @@ def test_sheet_row_with_missing_file_stops_before_any_job(tmp_path):
     assert not (tmp_path / "run/results").exists()
 
 
-POSTER_RUNS = ["ct/axial", "ct/all", "mri/axial", "mri/all"]
-
-
-#: the whole study on the tiny slices: the poster's five columns
-STUDY = {**TINY,
-         "diffusion": {"runs": POSTER_RUNS, "conditioning": "concat", "model": TINY_MODEL,
-                       "scheduler": {"num_train_timesteps": 20, "prediction_type": "v_prediction", "min_snr_gamma": 5},
-                       "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}},
-         "sampling": {"steps": 3, "k": 2, "batch_size": 8, "multimodal": ["ct>mri/axial"]},
-         "evaluation": {"max_slices": 12}}
+#: the whole study on the tiny slices, the poster's five columns: .test/config/config.yaml
+POSTER_RUNS = STUDY["diffusion"]["runs"]
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,16 @@ rule phantom:
         images=phantom_files("image"),
         labels=phantom_files("label"),
         dataset=f"{PHANTOM_ROOT}/dataset.json",
-    params:
-        seed=config["seed"],
-        phantom=config["phantom"],
     log:
         "logs/phantom.log",
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=2000,
         runtime=15,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        seed=config["seed"],
+        phantom=config["phantom"],
     script:
         "../scripts/phantom.py"
 
@@ -27,15 +27,15 @@ if AMOS:
         # md5-verified, unpacked without zip-slip; nothing happens when amos_root holds dataset.json.
         output:
             directory(AMOS_ROOT),
-        params:
-            **config["dataset"]["amos_download"],
         log:
             "logs/data/amos_download.log",
+        conda:
+            "../../envs/segdiff.yaml"
         resources:
             mem_mb=1000,
             runtime=12 * 60,
-        conda:
-            "../../envs/segdiff.yaml"
+        params:
+            **config["dataset"]["amos_download"],
         script:
             "../scripts/amos_download.py"
 
@@ -45,15 +45,15 @@ rule cases:
         amos_data,
     output:
         "results/data/cases.tsv",
-    params:
-        cases=lambda w: case_table().to_dict("records"),
     log:
         "logs/cases.log",
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        cases=lambda w: case_table().to_dict("records"),
     script:
         "../scripts/cases.py"
 
@@ -69,14 +69,14 @@ rule totalvibe_mask:
         "logs/masks/totalvibe/{case}.log",
     benchmark:
         "benchmarks/masks/totalvibe/{case}.tsv"
-    threads: config["compute"]["sample_threads"]
     priority: 20
+    conda:
+        "../../envs/totalvibe.yaml"
+    threads: config["compute"]["sample_threads"]
     resources:
         mem_mb=config["compute"]["mask_mem_mb"],
         runtime=60,
-        gpu=JOB_GPUS,
-    conda:
-        "../../envs/totalvibe.yaml"
+        gpu=PLAN.job_gpus,
     script:
         "../scripts/totalvibe_mask.py"
 
@@ -87,21 +87,21 @@ rule slice_case:
     output:
         shards=expand("results/slices/{{modality}}/{view}/{{case}}.npz", view=VIEWS),
         previews=directory(expand("results/slices/{{modality}}/{view}/previews/{{case}}", view=VIEWS)),
-    params:
-        labels=config["dataset"]["labels"],
-        remap=config["dataset"]["remap"],
-        preprocess=lambda w: preprocess_params(config, w.modality),  # not the other modality's intensities
     log:
         "logs/slices/{modality}/{case}.log",
     benchmark:
         "benchmarks/slices/{modality}/{case}.tsv"
-    threads: 1
     priority: 20  # everything waits for the slices: finish them before any model job starts
+    conda:
+        "../../envs/segdiff.yaml"
+    threads: 1
     resources:
         mem_mb=config["compute"]["slice_mem_mb"],
         runtime=20,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        labels=config["dataset"]["labels"],
+        remap=config["dataset"]["remap"],
+        preprocess=lambda w: preprocess_params(config, w.modality),  # not the other modality's intensities
     script:
         "../scripts/slice_case.py"
 
@@ -112,40 +112,40 @@ rule manifest:
     output:
         manifest="results/slices/{modality}/{view}/manifest.tsv",
         store=directory("results/slices/{modality}/{view}/store"),
-    wildcard_constraints:
-        view="axial|coronal|sagittal",
-    params:
-        rows=manifest_rows,
-    priority: 20
     log:
         "logs/slices/{modality}/{view}/manifest.log",
+    wildcard_constraints:
+        view="axial|coronal|sagittal",
+    priority: 20
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        rows=manifest_rows,
     script:
         "../scripts/manifest.py"
 
 
 rule preview_figure:
     input:
-        manifests=all_manifests(),
+        manifests=PLAN.manifests(),
     output:
         report(
             "results/figures/slices_preview.png",
             caption="../report/slices_preview.rst",
             category="1. Data",
         ),
-    params:
-        labels=config["dataset"]["labels"],
     log:
         "logs/figures/slices_preview.log",
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        labels=config["dataset"]["labels"],
     script:
         "../scripts/preview_figure.py"
 
@@ -153,16 +153,16 @@ rule preview_figure:
 rule provenance:
     output:
         "results/provenance.json",
-    params:
-        config=recorded_config(config),  # without speed keys: a memory request rewrites nothing
-        repo=str(REPO),
     log:
         "logs/provenance.log",
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        config=recorded_config(config),  # without speed keys: a memory request rewrites nothing
+        repo=str(REPO),
     script:
         "../scripts/provenance.py"
 
@@ -173,21 +173,21 @@ rule oracle_case:
         label=lambda w: case_table().loc[w.case, "label"],
     output:
         renders=expand("results/oracle/{{contrast}}/{view}/{{case}}.npz", view=VIEWS),
+    log:
+        "logs/oracle/{contrast}/{case}.log",
+    benchmark:
+        "benchmarks/oracle/{contrast}/{case}.tsv"
+    conda:
+        "../../envs/segdiff.yaml"
+    threads: 1
+    resources:
+        mem_mb=config["compute"]["slice_mem_mb"],
+        runtime=20,
     params:
         phantom=config["phantom"],
         seed=config["seed"],
         k=config["sampling"]["k"],
         labels=config["dataset"]["labels"],
         preprocess=lambda w: preprocess_params(config, w.contrast),
-    log:
-        "logs/oracle/{contrast}/{case}.log",
-    benchmark:
-        "benchmarks/oracle/{contrast}/{case}.tsv"
-    threads: 1
-    resources:
-        mem_mb=config["compute"]["slice_mem_mb"],
-        runtime=20,
-    conda:
-        "../../envs/segdiff.yaml"
     script:
         "../scripts/oracle.py"

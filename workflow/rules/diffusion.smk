@@ -12,23 +12,23 @@ rule train_diffusion:
             caption="../report/loss_curve.rst",
             category="2. Training",
         ),
+    log:
+        "logs/diffusion/train_{modality}_{view}.log",
+    benchmark:
+        "benchmarks/diffusion/train_{modality}_{view}.tsv"
+    priority: 10  # the longest jobs of the study: start them first
+    conda:
+        "../../envs/segdiff.yaml"
+    threads: PLAN.train_threads
+    resources:
+        mem_mb=PLAN.train_mem("diffusion"),
+        runtime=config["compute"]["train_runtime_min"],
+        gpu=config["compute"]["gpus"],
     params:
         checkpoint="checkpoints/diffusion/{modality}_{view}.ckpt",
         diffusion=diffusion_params(config),  # what shapes the model: not the list of runs, no speed keys
         labels=config["dataset"]["labels"],
         seed=config["seed"],
-    log:
-        "logs/diffusion/train_{modality}_{view}.log",
-    benchmark:
-        "benchmarks/diffusion/train_{modality}_{view}.tsv"
-    threads: train_threads()
-    priority: 10  # the longest jobs of the study: start them first
-    resources:
-        mem_mb=train_mem("diffusion", config["diffusion"]["train"]["batch_size"]),
-        runtime=config["compute"]["train_runtime_min"],
-        gpu=config["compute"]["gpus"],
-    conda:
-        "../../envs/segdiff.yaml"
     script:
         "../scripts/train_diffusion.py"
 
@@ -47,22 +47,22 @@ rule sample_diffusion:
         stores=run_stores,
     output:
         part=temp("results/samples/{modality}_{view}/chunks/multi_inference_{scatteritem}.npz"),
+    log:
+        "logs/diffusion/sample_{modality}_{view}_{scatteritem}.log",
+    benchmark:
+        "benchmarks/diffusion/sample_{modality}_{view}_{scatteritem}.tsv"
+    conda:
+        "../../envs/segdiff.yaml"
+    threads: config["compute"]["sample_threads"]
+    resources:
+        mem_mb=lambda w: PLAN.sample_mem(mask_modality(w), w.view, w.scatteritem),
+        runtime=config["compute"]["train_runtime_min"],
+        gpu=PLAN.job_gpus,
     params:
         sampling=sampling_params(config),  # sampler, steps, eta, k: not the batch, chunks or multi-modal runs
         max_slices=config["evaluation"]["max_slices"],
         seed=config["seed"],
         mode="multi_inference",
-    log:
-        "logs/diffusion/sample_{modality}_{view}_{scatteritem}.log",
-    benchmark:
-        "benchmarks/diffusion/sample_{modality}_{view}_{scatteritem}.tsv"
-    threads: config["compute"]["sample_threads"]
-    resources:
-        mem_mb=sample_mem,
-        runtime=config["compute"]["train_runtime_min"],
-        gpu=JOB_GPUS,
-    conda:
-        "../../envs/segdiff.yaml"
     script:
         "../scripts/sample_chunk.py"
 
@@ -70,15 +70,15 @@ rule sample_diffusion:
 use rule sample_diffusion as sample_multimodal with:
     output:
         part=temp("results/samples/{source}2{modality}_{view}/chunks/multimodal_{scatteritem}.npz"),
+    log:
+        "logs/diffusion/sample_{source}2{modality}_{view}_{scatteritem}.log",
+    benchmark:
+        "benchmarks/diffusion/sample_{source}2{modality}_{view}_{scatteritem}.tsv"
     params:
         sampling=sampling_params(config),  # sampler, steps, eta, k: not the batch, chunks or multi-modal runs
         max_slices=config["evaluation"]["max_slices"],
         seed=config["seed"],
         mode="multimodal",
-    log:
-        "logs/diffusion/sample_{source}2{modality}_{view}_{scatteritem}.log",
-    benchmark:
-        "benchmarks/diffusion/sample_{source}2{modality}_{view}_{scatteritem}.tsv"
 
 
 rule gather_samples:
@@ -97,16 +97,16 @@ rule gather_samples:
             caption="../report/generations.rst",
             category="3. Generations",
         ),
-    params:
-        labels=config["dataset"]["labels"],
     log:
         "logs/diffusion/gather_{modality}_{view}.log",
-    threads: 1
-    resources:
-        mem_mb=gather_mem,
-        runtime=15,
     conda:
         "../../envs/segdiff.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda w: PLAN.gather_mem(mask_modality(w), w.view),
+        runtime=15,
+    params:
+        labels=config["dataset"]["labels"],
     script:
         "../scripts/gather_samples.py"
 

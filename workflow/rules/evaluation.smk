@@ -7,23 +7,23 @@ rule train_segmentor:
     output:
         model="results/models/segmentor/{modality}.pt",
         loss="results/models/segmentor/{modality}_loss.csv",
+    log:
+        "logs/segmentor/train_{modality}.log",
+    benchmark:
+        "benchmarks/segmentor/train_{modality}.tsv"
+    priority: 5  # after the diffusion models (the longest jobs), before sampling
+    conda:
+        "../../envs/segdiff.yaml"
+    threads: PLAN.train_threads
+    resources:
+        mem_mb=PLAN.train_mem("segmentor"),
+        runtime=config["compute"]["train_runtime_min"],
+        gpu=config["compute"]["gpus"],
     params:
         checkpoint="checkpoints/segmentor/{modality}.ckpt",
         segmentor=segmentor_params(config),
         labels=config["dataset"]["labels"],
         seed=config["seed"],
-    log:
-        "logs/segmentor/train_{modality}.log",
-    benchmark:
-        "benchmarks/segmentor/train_{modality}.tsv"
-    threads: train_threads()
-    priority: 5  # after the diffusion models (the longest jobs), before sampling
-    resources:
-        mem_mb=train_mem("segmentor", config["segmentor"]["train"]["batch_size"]),
-        runtime=config["compute"]["train_runtime_min"],
-        gpu=config["compute"]["gpus"],
-    conda:
-        "../../envs/segdiff.yaml"
     script:
         "../scripts/train_segmentor.py"
 
@@ -35,88 +35,97 @@ rule evaluate:
         metrics="results/evaluation/{run}/metrics.json",
         arrays="results/evaluation/{run}/arrays.npz",
         per_slice="results/evaluation/{run}/per_slice.csv",
+    log:
+        "logs/evaluation/{run}.log",
+    benchmark:
+        "benchmarks/evaluation/{run}.tsv"
+    conda:
+        "../../envs/segdiff.yaml"
+    threads: config["compute"]["sample_threads"]
+    resources:
+        mem_mb=lambda w: PLAN.evaluate_mem(w.run),
+        runtime=60,
+        gpu=PLAN.job_gpus,
     params:
-        label=lambda w: RUN_LABELS[w.run],
+        label=lambda w: PLAN.run_labels[w.run],
         labels=config["dataset"]["labels"],
         inception_weights=config["evaluation"]["inception_weights"],
         poster_inception_weights=config["evaluation"]["poster_inception_weights"],
         max_slices=config["evaluation"]["max_slices"],
         seed=config["seed"],
-    log:
-        "logs/evaluation/{run}.log",
-    benchmark:
-        "benchmarks/evaluation/{run}.tsv"
-    threads: config["compute"]["sample_threads"]
-    resources:
-        mem_mb=evaluate_mem,
-        runtime=60,
-        gpu=JOB_GPUS,
-    conda:
-        "../../envs/segdiff.yaml"
     script:
         "../scripts/evaluate.py"
 
 
 rule table:
     input:
-        metrics=expand("results/evaluation/{run}/metrics.json", run=RUN_LABELS),
+        metrics=PLAN.metrics_files(),
     output:
         csv=report("results/table.csv", caption="../report/table.rst", category="4. Evaluation"),
         md="results/table.md",
         tex="results/table.tex",
         long="results/table_long.csv",
-    params:
-        max_slices=config["evaluation"]["max_slices"],
     log:
         "logs/evaluation/table.log",
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        max_slices=config["evaluation"]["max_slices"],
     script:
         "../scripts/table.py"
 
 
 rule evaluation_figures:
     input:
-        metrics=expand("results/evaluation/{run}/metrics.json", run=RUN_LABELS),
-        panel=generations_panel_inputs(),
-        losses=loss_logs(),
+        metrics=PLAN.metrics_files(),
+        panel=PLAN.generations_panel_inputs(),
+        losses=PLAN.loss_logs(),
     output:
-        panel=report("results/figures/generations.png", caption="../report/generations_panel.rst", category="4. Evaluation"),
-        dice=report("results/figures/dice_per_organ.png", caption="../report/dice_per_organ.rst", category="4. Evaluation"),
-        metrics=report("results/figures/metrics_by_run.png", caption="../report/metrics_by_run.rst", category="4. Evaluation"),
+        panel=report(
+            "results/figures/generations.png", caption="../report/generations_panel.rst", category="4. Evaluation"
+        ),
+        dice=report(
+            "results/figures/dice_per_organ.png", caption="../report/dice_per_organ.rst", category="4. Evaluation"
+        ),
+        metrics=report(
+            "results/figures/metrics_by_run.png", caption="../report/metrics_by_run.rst", category="4. Evaluation"
+        ),
         losses=report("results/figures/loss_curves.png", caption="../report/loss_curve.rst", category="2. Training"),
-    params:
-        labels=config["dataset"]["labels"],
     log:
         "logs/evaluation/figures.log",
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        labels=config["dataset"]["labels"],
     script:
         "../scripts/evaluation_figures.py"
 
 
 rule oracle_figure:
     input:
-        arrays=lambda w: f"results/evaluation/{ORACLE_FIGURE_RUNS[w.modality]}/arrays.npz",
+        arrays=lambda w: f"results/evaluation/{PLAN.oracle_figure_runs[w.modality]}/arrays.npz",
     output:
-        report("results/figures/oracle_vs_generated_{modality}.png", caption="../report/oracle_vs_generated.rst",
-               category="4. Evaluation"),
-    params:
-        labels=config["dataset"]["labels"],
-        title=lambda w: f"{RUN_LABELS[ORACLE_FIGURE_RUNS[w.modality]]}: oracle renders vs generations",
+        report(
+            "results/figures/oracle_vs_generated_{modality}.png",
+            caption="../report/oracle_vs_generated.rst",
+            category="4. Evaluation",
+        ),
     log:
         "logs/evaluation/oracle_figure_{modality}.log",
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        labels=config["dataset"]["labels"],
+        title=lambda w: f"{PLAN.run_labels[PLAN.oracle_figure_runs[w.modality]]}: oracle renders vs generations",
     script:
         "../scripts/oracle_figure.py"
 
@@ -126,14 +135,14 @@ rule oracle_figure:
 rule fetch_inception_weights:
     output:
         config["evaluation"]["inception_weights"] or "resources/inception/pt_inception-2015-12-05-6726825d.pth",
-    params:
-        weights="fid-inception",
     log:
         "logs/fetch_inception_weights.log",
+    conda:
+        "../../envs/segdiff.yaml"
     resources:
         mem_mb=500,
         runtime=10,
-    conda:
-        "../../envs/segdiff.yaml"
+    params:
+        weights="fid-inception",
     script:
         "../scripts/fetch_inception_weights.py"
