@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+__all__ = ["atomic_path", "atomic_dir"]
+
 
 def _umask() -> int:
     mask = os.umask(0o022)

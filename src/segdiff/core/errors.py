@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["SegdiffError", "InputError", "ConfigError", "WeightsUnavailable"]
+
 
 class SegdiffError(Exception):
     """Base class of all errors raised for bad user input."""

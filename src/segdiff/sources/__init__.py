@@ -1,10 +1,23 @@
-"""Where volumes come from: the embedded phantom, AMOS and weights downloads, a user's case sheet, TotalVibeSegmentator masks, NIfTI io."""
+"""Where volumes come from: the embedded phantom, AMOS22 and weights downloads, a user's case sheet,
+TotalVibeSegmentator masks, NIfTI io."""
 
-from segdiff.sources.casesheet import SPLITS, read_case_sheet, validate_case_sheet, assign_splits, sheet_from_amos, write_case_sheet
-from segdiff.sources.download import AMOS_RECORD_API, AMOS_KEY, AMOS_FOLDER, DownloadError, ChecksumError, UnsafeArchiveError, RemoteFile, Record, parse_record, fetch_record, describe, file_md5, safe_extract, fetch_amos  # not the function download(): it would hide the subpackage segdiff.sources.download
-from segdiff.sources.phantom import CT_OFFSET, MRI_OFFSET, DEFAULT_SHAPE, DEFAULT_SPACING, CT_AXCODES, MRI_AXCODES, MRI_MAX_LABEL, TISSUES, Tissue, amos_labels, case_number, phantom_cases, generate_case, mri_bias_field, write_phantom_dataset
-from segdiff.sources.totalvibe import WEIGHTS_ENV, DATASET_ID, FETCH_HINT, find_model, model_labels, label_disagreements, segment_volume, MaskInfo
-from segdiff.sources.volumes import Volume, load_nifti, load_case
-from segdiff.sources.weights import WeightsUnavailable, KnownWeights, KNOWN_WEIGHTS, FETCH_COMMAND, url_file_name, hub_weights_path, find_weights, fetch_weights, fetch_known_weights, read_state_dict
+from segdiff._api import lazy_api
 
-__all__ = ["SPLITS", "read_case_sheet", "validate_case_sheet", "assign_splits", "sheet_from_amos", "write_case_sheet", "AMOS_RECORD_API", "AMOS_KEY", "AMOS_FOLDER", "DownloadError", "ChecksumError", "UnsafeArchiveError", "RemoteFile", "Record", "parse_record", "fetch_record", "describe", "file_md5", "safe_extract", "fetch_amos", "CT_OFFSET", "MRI_OFFSET", "DEFAULT_SHAPE", "DEFAULT_SPACING", "CT_AXCODES", "MRI_AXCODES", "MRI_MAX_LABEL", "TISSUES", "Tissue", "amos_labels", "case_number", "phantom_cases", "generate_case", "mri_bias_field", "write_phantom_dataset", "WEIGHTS_ENV", "DATASET_ID", "FETCH_HINT", "find_model", "model_labels", "label_disagreements", "segment_volume", "MaskInfo", "Volume", "load_nifti", "load_case", "WeightsUnavailable", "KnownWeights", "KNOWN_WEIGHTS", "FETCH_COMMAND", "url_file_name", "hub_weights_path", "find_weights", "fetch_weights", "fetch_known_weights", "read_state_dict"]
+__getattr__, __dir__, __all__ = lazy_api(
+    __name__,
+    {
+        "casesheet": [
+            "SPLITS", "read_case_sheet", "validate_case_sheet", "assign_splits", "sheet_from_amos",
+            "write_case_sheet",
+        ],
+        "totalvibe": [
+            "WEIGHTS_ENV", "DATASET_ID", "FETCH_HINT", "find_model", "model_labels", "label_disagreements",
+            "segment_volume", "MaskInfo",
+        ],
+        "volumes": ["Volume", "load_nifti", "load_case"],
+        "weights": [
+            "WeightsUnavailable", "KnownWeights", "KNOWN_WEIGHTS", "FETCH_COMMAND", "url_file_name",
+            "hub_weights_path", "find_weights", "fetch_weights", "fetch_known_weights", "read_state_dict",
+        ],
+    },
+)

@@ -13,33 +13,16 @@ Pretrained weights are fetched through the same transfer by
 (:mod:`segdiff.cli`).
 """
 
-from segdiff.sources.download.amos import AMOS_FOLDER, AMOS_KEY, AMOS_RECORD_API, fetch_amos
-from segdiff.sources.download.http import (
-    USER_AGENT,
-    ChecksumError,
-    DownloadError,
-    UnsafeArchiveError,
-    download,
-    file_md5,
-    safe_extract,
-)
-from segdiff.sources.download.zenodo import Record, RemoteFile, describe, fetch_record, parse_record
+from segdiff._api import lazy_api
 
-__all__ = [
-    "AMOS_RECORD_API",
-    "AMOS_KEY",
-    "AMOS_FOLDER",
-    "USER_AGENT",
-    "DownloadError",
-    "ChecksumError",
-    "UnsafeArchiveError",
-    "RemoteFile",
-    "Record",
-    "parse_record",
-    "fetch_record",
-    "describe",
-    "file_md5",
-    "download",
-    "safe_extract",
-    "fetch_amos",
-]
+__getattr__, __dir__, __all__ = lazy_api(
+    __name__,
+    {
+        "amos": ["AMOS_RECORD_API", "AMOS_KEY", "AMOS_FOLDER", "fetch_amos"],
+        "http": [
+            "USER_AGENT", "DownloadError", "ChecksumError", "UnsafeArchiveError", "check_http_url",
+            "normalise_md5", "file_md5", "download", "safe_extract",
+        ],
+        "zenodo": ["RemoteFile", "Record", "parse_record", "fetch_record", "describe"],
+    },
+)
