@@ -1,7 +1,9 @@
-"""Shared fixtures: small NIfTI pairs written by the tests themselves, repository paths."""
+"""Shared fixtures: small NIfTI pairs written by the tests themselves, repository paths; the order and threads
+of the test processes (pytest-xdist, ``-n auto`` in pyproject.toml)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +15,26 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_SCHEMA = REPO / "config/schemas/config.schema.yaml"
 CASES_SCHEMA = REPO / "config/schemas/cases.schema.yaml"
 TOTALSEG = REPO / "tests/fixtures/totalsegmentator-ct-example"
+
+#: the slowest modules (end-to-end studies), started first: pytest-xdist (``--dist loadscope``) hands each
+#: worker whole modules in this order, so the long ones run side by side instead of last
+SLOW_FIRST = ("pipeline/test_slurm.py", "pipeline/test_workflow.py", "evaluation/test_evaluation.py",
+              "sources/test_totalvibe.py", "pipeline/test_amos_workflow.py", "data/test_scale.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The modules of :data:`SLOW_FIRST` first, in that order; the others keep their order."""
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    tests = REPO / "tests"
+    items.sort(key=lambda item: rank.get(Path(item.fspath).relative_to(tests).as_posix(), len(rank)))
+
+
+def pytest_configure(config):
+    """Each xdist worker's torch uses its share of the cores: spinning intra-op threads of two processes on
+    the same cores are many times slower than one thread each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def ras_pair(shape=(20, 16, 12), spacing=(2.0, 1.5, 3.0), seed=0):

@@ -131,7 +131,7 @@ rule oracle_figure:
 
 
 # Downloads pytorch-fid's FID Inception weights (segdiff.sources.weights known set "fid-inception"); the
-# same as `python -m segdiff.sources.weights fetch fid-inception --dest PATH`. Not in `all`: needs a network.
+# same as `segdiff weights fetch fid-inception --dest PATH`. Not in `all`: needs a network.
 rule fetch_inception_weights:
     output:
         config["evaluation"]["inception_weights"] or "resources/inception/pt_inception-2015-12-05-6726825d.pth",

@@ -26,12 +26,11 @@ _AFFINE_TOL = 1e-3  # mm; image and label grids must agree to this
 class Volume:
     """A validated case in canonical RAS voxel order.
 
-    Attributes
-    ----------
-    image : float32 array (X, Y, Z), raw intensities (HU for CT).
-    label : uint8 array (X, Y, Z), ids of the target label map.
-    spacing : voxel size in mm along X, Y, Z.
-    affine : the canonical (RAS) voxel-to-world affine.
+    Attributes:
+        image: float32 array (X, Y, Z), raw intensities (HU for CT).
+        label: uint8 array (X, Y, Z), ids of the target label map.
+        spacing: voxel size in mm along X, Y, Z.
+        affine: the canonical (RAS) voxel-to-world affine.
     """
 
     image: np.ndarray
@@ -41,10 +40,17 @@ class Volume:
 
 
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Load a 3D NIfTI file as (array in canonical RAS order, canonical affine).
+    """Load a 3D NIfTI file in canonical RAS voxel order.
 
-    Raises :class:`InputError` for a missing, truncated or corrupt file, a non-3D volume
-    (a 4D file with a single volume is accepted) and non-finite voxels.
+    Args:
+        path: the ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        (array in canonical RAS order, canonical affine).
+
+    Raises:
+        InputError: a missing, truncated or corrupt file, a non-3D volume (a 4D file with a single
+            volume is accepted), non-finite voxels.
     """
     path = Path(path)
     if not path.is_file():
@@ -89,9 +95,18 @@ def _label_ids(data: np.ndarray, path: Path) -> np.ndarray:
 def load_case(image_path: str | Path, label_path: str | Path, labels: LabelMap, remap: Remap | None = None) -> Volume:
     """Load and validate one image/label pair.
 
-    Checks, each ending in an :class:`InputError` naming the offending file: readable 3D NIfTI,
-    finite voxels, identical grids (shape and affine), integer labels, label ids within
-    ``labels`` after the optional ``remap``, and at least one foreground voxel.
+    Args:
+        image_path: the image NIfTI.
+        label_path: the label NIfTI, on the image's grid.
+        labels: the study's label map; every id must be one of its ids after ``remap``.
+        remap: an optional source-id -> label-map-id table applied to the labels first.
+
+    Returns:
+        The case in canonical RAS order.
+
+    Raises:
+        InputError: naming the offending file: not a readable 3D NIfTI, non-finite voxels, different
+            grids (shape or affine), non-integer labels, ids outside ``labels``, no foreground voxel.
     """
     image_path, label_path = Path(image_path), Path(label_path)
     label, label_affine = load_nifti(label_path)  # the smaller array first: lower peak memory
