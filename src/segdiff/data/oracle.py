@@ -87,10 +87,30 @@ def render_oracle(
     Each render (``render = 1..k`` of :func:`segdiff.sources.phantom.generate_case`) is written as NIfTI
     and read back with the case's own label file ``label_path`` through
     :func:`segdiff.sources.volumes.load_case`, so slice selection and resizing are those of the case's
-    shards. ``contrast`` may differ from the case's modality: an MRI render of a CT case is the
-    ground truth of the multi-modal experiment (CT mask -> MRI image).
+    shards.
 
-    Returns ``{view: {"image": (N, k, H, W), "mask": (N, H, W), "slice": (N,)}}``.
+    Args:
+        case: the phantom case id.
+        contrast: the modality the renders are drawn in (``ct`` or ``mri``). It may differ from the case's
+            modality: an MRI render of a CT case is the ground truth of the multi-modal experiment
+            (CT mask -> MRI image).
+        label_path: the case's own label volume; every render is loaded with it.
+        phantom: the config's ``phantom`` section (``shape`` and ``spacing`` are used).
+        seed: the study seed the phantom was drawn with.
+        k: renders per case (at least 1).
+        labels: the label map.
+        views: the views to slice (``axial``, ``coronal``, ``sagittal``).
+        image_size: slice size in pixels (``preprocess.image_size``).
+        min_foreground: organ pixels a slice needs to be kept (``preprocess.min_foreground``).
+        ct_window: the CT intensity window in HU (used when ``contrast`` is CT).
+        mri_percentiles: the MRI normalisation percentiles (used when ``contrast`` is MRI).
+
+    Returns:
+        ``{view: {"image": (N, k, H, W), "mask": (N, H, W), "slice": (N,)}}``: render r of slice n is
+        ``image[n, r - 1]``; mask and slice indices are those of the case's shard of that view.
+
+    Raises:
+        ValueError: ``k`` below 1.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -113,7 +133,12 @@ def render_oracle(
 
 
 def write_oracle(renders: Mapping[str, Mapping[str, np.ndarray]], paths: Mapping[str, str | Path]) -> None:
-    """Write each view's renders (:func:`render_oracle`) to its ``.npz``; all files appear together."""
+    """Write each view's renders (:func:`render_oracle`) to its ``.npz``; all files appear together.
+
+    Args:
+        renders: view -> that view's arrays (``image``, ``mask``, ``slice``), as :func:`render_oracle` returns them.
+        paths: view -> the oracle file to write (``.../{view}/{case}.npz``); every view of ``renders`` needs one.
+    """
     with contextlib.ExitStack() as pending:
         for view, arrays in renders.items():
             np.savez(pending.enter_context(atomic_path(paths[view])), **arrays)
@@ -136,9 +161,24 @@ def gather_oracle(files: Sequence[str | Path], case: np.ndarray, view: np.ndarra
                   mask: np.ndarray | None = None, ignore: Sequence[int] = ()) -> np.ndarray:
     """Oracle renders (N, k, H, W) for the slices identified by ``case``, ``view``, ``slice_`` (N,).
 
-    ``files`` are oracle files ``.../{view}/{case}.npz``. With ``mask``, each slice's oracle mask
-    must equal it once the ids in ``ignore`` are set to background (the renders and the
-    generations must share their anatomy; multi-modal runs drop organs the model never saw).
+    Args:
+        files: oracle files ``.../{view}/{case}.npz`` (:func:`write_oracle`); files of a case and view
+            that no slice asks for are not read.
+        case: (N,) case id of each slice.
+        view: (N,) view of each slice.
+        slice_: (N,) slice index of each slice (the ``slice`` of its shard).
+        mask: (N, H, W) the slices' masks, or None for no check. With ``mask``, each slice's oracle mask
+            must equal it once the ids in ``ignore`` are set to background (the renders and the
+            generations must share their anatomy).
+        ignore: label ids set to background in the oracle masks before that comparison (multi-modal runs
+            drop organs the model never saw).
+
+    Returns:
+        float32 (N, k, H, W): the oracle renders of each slice, in the order of ``case``.
+
+    Raises:
+        InputError: an unreadable oracle file, a slice its file has no render of, an oracle mask that
+            differs from ``mask``, or a slice whose case and view have no file.
     """
     files = {(Path(f).stem, Path(f).parent.name): f for f in files}
     out = None

@@ -84,6 +84,16 @@ def _remove_on_failure(paths: Iterable[str | Path]):
     """ExitStack exit callback: if the block failed, remove ``paths`` (files or folders) if they exist."""
 
     def remove(exc_type, exc, tb) -> bool:
+        """Remove ``paths`` if the block raised.
+
+        Args:
+            exc_type: the exception's type; None when the block succeeded.
+            exc: the exception.
+            tb: its traceback.
+
+        Returns:
+            False: an exception goes on propagating.
+        """
         if exc_type is not None:
             for path in map(Path, paths):
                 if path.is_dir() and not path.is_symlink():

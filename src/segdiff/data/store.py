@@ -122,6 +122,15 @@ class _Rows:
         return {**self.__dict__, "_fd": None, "_pid": None}
 
     def read_into(self, row: int, out: np.ndarray) -> None:
+        """Read one row of the array into ``out`` (opening the file first in a new process).
+
+        Args:
+            row: the row (index along the first axis) to read.
+            out: a C-contiguous array of the file's dtype and row shape, filled in place.
+
+        Raises:
+            InputError: fewer bytes than a row could be read (a truncated store).
+        """
         if self._pid != os.getpid():
             self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
         view = memoryview(out.reshape(-1).view(np.uint8))

@@ -96,7 +96,21 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def recompute_metrics(arrays: dict, class_ids: list[int], num_classes: int) -> dict:
-    """Every number of the table from the saved arrays alone (no model needed)."""
+    """Every number of the table from the saved arrays alone (no model needed).
+
+    Args:
+        arrays: the contents of a run's ``arrays.npz`` (:func:`evaluate_run`): the generations (N, k, H, W),
+            originals, masks, the segmentor's predictions, the feature sets and, with oracle renders,
+            ``oracle`` and what was computed from it.
+        class_ids: the organ ids the Dice scores average over (the label map's ids).
+        num_classes: the label map's largest id + 1 (background included), for the poster's Dice.
+
+    Returns:
+        Every key of :data:`METRIC_KEYS` (None where the number cannot exist: PSNR/SSIM of a multi-modal
+        run, oracle numbers without oracle renders, diversity with k = 1, a Fréchet distance without its
+        features), plus the per-organ Dice ``dice_gen_per_class``, ``dice_orig_per_class`` and
+        ``dice_oracle_per_class``.
+    """
     paired = bool(arrays["paired"])
     generated, mask = arrays["generated"], arrays["mask"]
     oracle = arrays.get("oracle")
@@ -161,10 +175,27 @@ def evaluate_run(
 ) -> dict:
     """Evaluate one run and write ``arrays.npz``, ``per_slice.csv`` and ``metrics.json`` into ``out_dir``.
 
-    ``generation`` is a multi-inference or multi-modal ``.npz`` (k generations per mask; the
-    first one is the reconstruction); ``reference`` the real test slices of the target modality
-    (for paired runs, the same slices as the generation's originals); ``oracle`` the oracle
-    files of the masks' cases (phantom only; empty elsewhere).
+    Args:
+        label: the run's label in the table (e.g. ``CT axial``); it also prefixes the run's warnings.
+        generation: a multi-inference or multi-modal ``.npz`` (k generations per mask; the first one is
+            the reconstruction).
+        segmentor: the target modality's auxiliary segmentor file.
+        reference: the real test slices of the target modality (for paired runs, the same slices as the
+            generation's originals).
+        labels: the label map.
+        device: where the segmentor and the feature extractors run.
+        out_dir: the folder to write the three files into (created if missing).
+        oracle: the oracle files of the masks' cases (phantom only; empty elsewhere).
+        inception_weights: pytorch-fid InceptionV3 weights (None: the torch hub cache); FID is n/a, with a
+            warning, when no weights are found.
+        poster_inception_weights: torchvision's ImageNet InceptionV3 weights for the poster's FID (None: the
+            torch hub cache).
+
+    Returns:
+        The summary written to ``metrics.json``.
+
+    Raises:
+        ValueError: a paired run whose originals are not the reference slices (different subsets).
     """
     out_dir = Path(out_dir)
     gen = read_generation(generation)

@@ -21,6 +21,18 @@ def _with_defaults(validator_class):
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
+        """The ``properties`` validator, run after setting the missing properties that have a ``default``.
+
+        Args:
+            validator: the running validator.
+            properties: the schema's ``properties`` (name -> subschema).
+            instance: the value being validated; when it is a dict, each missing property with a
+                ``default`` is set in place (to a deep copy of the default).
+            schema: the schema that holds ``properties``.
+
+        Yields:
+            The validation errors of the original ``properties`` validator.
+        """
         if isinstance(instance, dict):
             for name, sub in properties.items():
                 if "default" in sub and name not in instance:
@@ -76,8 +88,16 @@ def coerce_strings(value: Any, schema: Mapping[str, Any]) -> Any:
     true/false/yes/no/on/off, any case) or null where the schema wants that type and not a string;
     lists and mappings are followed through ``items``/``prefixItems`` and
     ``properties``/``additionalProperties``. A string that spells none of the wanted types is kept,
-    so validation names its key. Nothing is modified in place: a changed list or mapping is a new
-    object, an unchanged one is returned as is.
+    so validation names its key.
+
+    Args:
+        value: a config value: a scalar, or a list or dict nested to any depth.
+        schema: the JSON schema (a mapping) ``value`` is validated against; where it is not a mapping,
+            ``value`` is returned as is.
+
+    Returns:
+        The converted value. Nothing is modified in place: a changed list or mapping is a new
+        object, an unchanged one is returned as is.
     """
     if not isinstance(schema, Mapping):
         return value
@@ -109,8 +129,19 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
 
     String values where the schema wants another type are first converted (see
     :func:`coerce_strings`), so nested ``--config`` overrides work.
-    Raises :class:`ConfigError` naming the first offending dotted key, e.g.
-    ``config key 'preprocess.image_size': 'abc' is not of type 'integer'``.
+
+    Args:
+        config: the configuration (e.g. Snakemake's config object). Converted values replace its
+            top-level entries (nested values are new objects) and missing defaults are filled in.
+        schema_path: the JSON schema, a YAML file.
+
+    Returns:
+        ``config`` itself, validated, with its defaults filled in.
+
+    Raises:
+        ConfigError: naming the first offending dotted key, e.g.
+            ``config key 'preprocess.image_size': 'abc' is not of type 'integer'``; for an unknown key,
+            the known keys at its level.
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
     coerced = coerce_strings(config, schema)
@@ -126,7 +157,19 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
 
 
 def load_config(path: str | Path, schema_path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config file, apply ``overrides`` (top-level keys) and validate it."""
+    """Read a YAML config file, apply ``overrides`` (top-level keys) and validate it.
+
+    Args:
+        path: the YAML config file (an empty file is an empty config).
+        schema_path: the JSON schema, a YAML file (:func:`validate_config`).
+        overrides: top-level keys that replace those of the file; None for none.
+
+    Returns:
+        The validated config, with its defaults filled in.
+
+    Raises:
+        ConfigError: a file that is not valid YAML, or a config the schema rejects (:func:`validate_config`).
+    """
     path = Path(path)
     try:
         config = yaml.safe_load(path.read_text()) or {}

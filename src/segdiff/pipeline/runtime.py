@@ -19,9 +19,16 @@ log = logging.getLogger("segdiff")
 def run_script(snakemake: Any, main: Callable[[], None]) -> None:
     """Run ``main`` inside a Snakemake ``script:`` job.
 
-    Logs (level INFO) go to the rule's first ``log:`` file and to stderr; torch and the BLAS
-    libraries use exactly the threads Snakemake granted; a :class:`SegdiffError` (bad input) ends the job with its one-line
-    message instead of a traceback.
+    Logs (level INFO) go to the rule's first ``log:`` file and to stderr; torch (if already imported)
+    and the BLAS libraries use exactly the threads Snakemake granted.
+
+    Args:
+        snakemake: the ``snakemake`` object Snakemake hands the script (its ``log`` and ``threads`` are used).
+        main: the job's work, called without arguments.
+
+    Raises:
+        SystemExit: status 1 when ``main`` raises a :class:`SegdiffError` (bad input): the job ends with
+            its one-line message, logged, instead of a traceback.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:

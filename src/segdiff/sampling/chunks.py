@@ -18,8 +18,20 @@ def chunk_bounds(n: int, chunks: int, k: int, batch_size: int) -> list[tuple[int
     sampling batches (``batch_size / gcd(batch_size, k)`` slices), and the blocks are split as
     ``np.array_split`` splits (the first ``blocks % chunks`` parts one block longer). Every batch a
     chunk job samples is then one the unsplit job samples too: equal results do not rest on the
-    kernels giving the same bits for other batch shapes (cuDNN picks algorithms by shape). A part
-    may be empty when there are fewer blocks than chunks.
+    kernels giving the same bits for other batch shapes (cuDNN picks algorithms by shape).
+
+    Args:
+        n: slices in the test subset.
+        chunks: parts to split it into (at least 1).
+        k: generations per slice.
+        batch_size: generations per sampling batch.
+
+    Returns:
+        ``chunks`` ``(start, stop)`` pairs, in order, that together cover ``0..n``. A part may be empty
+        when there are fewer blocks than chunks.
+
+    Raises:
+        ValueError: ``chunks`` below 1.
     """
     if chunks < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
@@ -30,7 +42,17 @@ def chunk_bounds(n: int, chunks: int, k: int, batch_size: int) -> list[tuple[int
 
 
 def largest_chunk(n: int, chunks: int, k: int, batch_size: int) -> int:
-    """Slices of the largest part (what one chunk job holds)."""
+    """Slices of the largest part (what one chunk job holds).
+
+    Args:
+        n: slices in the test subset.
+        chunks: parts it is split into (at least 1).
+        k: generations per slice.
+        batch_size: generations per sampling batch.
+
+    Returns:
+        The number of slices of the largest part of :func:`chunk_bounds`.
+    """
     return max(stop - start for start, stop in chunk_bounds(n, chunks, k, batch_size))
 
 

@@ -140,8 +140,24 @@ def run_generation(
 ) -> dict:
     """Sample ``mode`` for every slice of ``test`` and write ``out`` (.npz) atomically; returns the arrays.
 
-    With ``reconstruction`` (multi-inference only), generation 1 of every mask is also written
-    there as the reconstruction experiment's file.
+    Args:
+        model_path: the diffusion model file (:func:`segdiff.models.diffusion.save_diffusion`).
+        test: the test slices whose masks are sampled (for multi-modal, slices of the source modality).
+        mode: one of :data:`MODES`.
+        settings: the sampler, its batch and its precision.
+        seed: the run seed: every generation's seed derives from it (:func:`sample_seed`).
+        device: where the model runs.
+        out: the generation file to write.
+        k: generations per mask (a reconstruction samples 1 whatever ``k``).
+        reconstruction: multi-inference only: generation 1 of every mask is also written there as the
+            reconstruction experiment's file (it appears together with ``out``); None: no such file.
+
+    Returns:
+        The arrays written to ``out`` (see the module docstring; ``info`` as a JSON string).
+
+    Raises:
+        ValueError: an unknown ``mode``, or ``reconstruction`` with a mode other than multi-inference.
+        InputError: masks that hold an id the model does not know.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (expected one of {MODES})")
@@ -238,7 +254,16 @@ def sample_run(job: SampleRunJob) -> None:
 
 
 def subset_index(store: SliceStore, max_slices: int, seed: int) -> np.ndarray:
-    """Positions in ``store`` of the slices :meth:`SliceStore.subset` takes (the same rule), without reading any."""
+    """Positions in ``store`` of the slices :meth:`SliceStore.subset` takes (the same rule), without reading any.
+
+    Args:
+        store: the slice store (e.g. its ``test`` split).
+        max_slices: size of the seeded, stratified subset (0: every slice, as for a store of at most that many).
+        seed: the run seed (it picks the subset).
+
+    Returns:
+        Sorted int positions into ``store``.
+    """
     if max_slices <= 0 or len(store) <= max_slices:
         return np.arange(len(store))
     return stratified_subset(store.case, store.view, max_slices, seed)
@@ -333,10 +358,23 @@ def _check_parts(parts: list[dict]) -> list[dict]:
 
 
 def merge_chunks(parts: Sequence[str | Path], out: str | Path, reconstruction: str | Path | None = None) -> dict:
-    """Concatenate the chunk files of one run (:func:`sample_chunk`, given in any order) into its generation
-    file ``out`` (and, from multi-inference, the reconstruction file), as the unsplit run writes them; returns
-    the arrays. Parts that do not fit together (another model, seed, k, sampler or subset; a chunk missing or
-    given twice) raise :class:`InputError` naming the file. Memory: the merged arrays and one part.
+    """Concatenate the chunk files of one run into its generation file ``out``, as the unsplit run writes them.
+
+    Memory: the merged arrays and one part.
+
+    Args:
+        parts: the chunk files of the run (:func:`sample_chunk`), given in any order (or a single path).
+        out: the run's generation file to write.
+        reconstruction: from a multi-inference run, the reconstruction file to write too (generation 1 of
+            every mask; it appears together with ``out``); None: no such file.
+
+    Returns:
+        The merged arrays (``info`` as a JSON string).
+
+    Raises:
+        InputError: parts that do not fit together (another model, seed, k, sampler or subset; a chunk
+            missing or given twice), naming the file.
+        ValueError: no parts, or ``reconstruction`` from a run that is not multi-inference.
     """
     parts = [parts] if isinstance(parts, (str, Path)) else list(parts)
     if not parts:

@@ -34,13 +34,32 @@ class SamplerSettings:
 
 
 def sample_seed(seed: int, case: str, slice_index: int, k: int) -> int:
-    """A 63-bit seed for one generation, from the run seed, case id, slice index and sample number."""
+    """A 63-bit seed for one generation, from the run seed, case id, slice index and sample number.
+
+    Args:
+        seed: the run seed.
+        case: the case id (:mod:`segdiff.sampling.experiments` passes ``case/view``, so views differ).
+        slice_index: the slice's index along its view axis.
+        k: the sample number (which generation of the slice, from 0).
+
+    Returns:
+        A seed in ``[0, 2**63)``.
+    """
     state = np.random.SeedSequence([seed, zlib.crc32(case.encode()), int(slice_index), int(k)]).generate_state(2, np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
 def initial_noise(seeds: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
-    """(N, 1, H, W) standard normal noise, drawn on the CPU (the same on every device) per seed."""
+    """(N, 1, H, W) standard normal noise, drawn on the CPU (the same on every device) per seed.
+
+    Args:
+        seeds: (N,) one seed per slice (:func:`sample_seed`); slice i's noise comes from a generator
+            seeded with ``seeds[i]``.
+        shape: the slice size (H, W).
+
+    Returns:
+        A CPU tensor (N, 1, H, W).
+    """
     g = torch.Generator()
     out = torch.empty((len(seeds), 1, *shape))
     for i, s in enumerate(seeds):
@@ -57,6 +76,19 @@ def stochastic_step(scheduler, prediction: torch.Tensor, t: int, x: torch.Tensor
     (DDPM: Ho et al. eq. 7; DDIM: Song et al. eq. 12 and 16) with the noise passed in, so that each
     slice keeps its own generator while the batch steps together. ``tests/models/test_diffusion.py``
     checks it against MONAI's ``step`` slice by slice.
+
+    Args:
+        scheduler: a MONAI ``DDPMScheduler`` or ``DDIMScheduler`` with its timesteps set
+            (:func:`segdiff.models.diffusion.make_scheduler`).
+        prediction: the model's output for ``x`` at ``t``: noise, sample or v, as ``scheduler.prediction_type``
+            says.
+        t: the current timestep.
+        x: the noisy batch at ``t``, (B, 1, H, W).
+        noise: standard normal noise of ``x``'s shape, one draw per slice.
+        eta: DDIM's stochasticity (DDPM ignores it).
+
+    Returns:
+        The batch at the previous timestep, float32 (DDPM at ``t`` 0: the mean, no noise added).
     """
     prediction, x = prediction.float(), x.float()
     alphas = scheduler.alphas_cumprod.to(x.device)
@@ -99,7 +131,25 @@ def generate(
 ) -> np.ndarray:
     """Generate one image per mask: ``masks`` (N, H, W) ints, ``seeds`` (N,) -> (N, H, W) float32 in [0, 1].
 
-    ``progress(done, total)`` is called after every denoising step of every batch (e.g. a progress bar).
+    Args:
+        model: the segmentation-guided denoiser (set to eval mode and moved to ``device``).
+        scheduler_config: the model's scheduler config (noise schedule, prediction type, training timesteps).
+        masks: (N, H, W) integer label ids below ``num_classes``.
+        seeds: (N,) one seed per mask (:func:`sample_seed`): its initial noise and, for stochastic
+            samplers, its noise at every step.
+        num_classes: the model's classes, background included (the one-hot condition's channels).
+        settings: the sampler, steps, eta, batch size and bf16.
+        device: where the model runs.
+        desc: the progress bar's label.
+        progress: called as ``progress(done, total)`` after every denoising step of every batch (e.g. a
+            progress bar); None: not called.
+
+    Returns:
+        (N, H, W) float32 in [0, 1]: image i is generated from ``masks[i]`` and ``seeds[i]``.
+
+    Raises:
+        ValueError: unequal numbers of masks and seeds, or DDPM with ``steps`` other than 0 or the
+            model's number of training timesteps.
     """
     if len(masks) != len(seeds):
         raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")

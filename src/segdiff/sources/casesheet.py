@@ -31,9 +31,20 @@ def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: st
                         labels_required: bool = True) -> pd.DataFrame:
     """Validate rows against the schema, unique case ids and (optionally) that every file exists.
 
-    ``labels_required=False`` (masks from a segmentation model): the ``label`` column may be empty or
-    absent and is not checked. Returns the sheet with ``split`` and ``label`` columns ("" where unset).
-    Every problem raises an :class:`InputError` naming ``source``, the row and the column.
+    Args:
+        sheet: the case sheet, one row per volume (not modified).
+        schema_path: the rows' JSON schema, a YAML file (``config/schemas/cases.schema.yaml``).
+        source: the sheet's file, named in errors.
+        check_files: check that every image (and, when labels are required, label) file exists.
+        labels_required: False when the masks come from a segmentation model: the ``label`` column may
+            then be empty or absent and is not checked.
+
+    Returns:
+        A copy of the sheet with ``split`` and ``label`` columns ("" where unset).
+
+    Raises:
+        InputError: for every problem, naming ``source``, the row and the column (a duplicated case id:
+            the case).
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
@@ -61,7 +72,21 @@ def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: st
 
 
 def read_case_sheet(path: str | Path, schema_path: str | Path, check_files: bool = True, labels_required: bool = True) -> pd.DataFrame:
-    """Read and validate a case sheet; image/label paths come back absolute."""
+    """Read and validate a case sheet; image/label paths come back absolute.
+
+    Args:
+        path: the TSV file (``#`` starts a comment; relative paths resolve against its folder).
+        schema_path: the rows' JSON schema, a YAML file.
+        check_files: check that every image (and, when labels are required, label) file exists.
+        labels_required: False when the masks come from a segmentation model (the ``label`` column may
+            be empty or absent).
+
+    Returns:
+        The validated sheet (:func:`validate_case_sheet`), every cell a string.
+
+    Raises:
+        InputError: a missing or unreadable file, or a sheet :func:`validate_case_sheet` rejects.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "case sheet not found")
@@ -97,7 +122,16 @@ def assign_splits(sheet: pd.DataFrame, fractions: Mapping[str, float], seed: int
     """Fill empty ``split`` cells with a seeded case-level split, separately per modality.
 
     Cases with an explicit split keep it; the remaining cases of each modality are shuffled with
-    ``numpy.random.default_rng([seed, modality])`` and cut by ``fractions`` (largest remainder).
+    ``numpy.random.default_rng([seed, modality])`` (modality 0 for CT, 1 for MRI) and cut by
+    ``fractions`` (largest remainder).
+
+    Args:
+        sheet: the case sheet (columns ``case``, ``modality``, ``split``; not modified).
+        fractions: split (``train``, ``val``, ``test``) -> its share; the shares are divided by their sum.
+        seed: the seed of the shuffle.
+
+    Returns:
+        A copy of the sheet with the empty splits of its CT and MRI cases filled.
     """
     sheet = sheet.copy()
     for m_index, modality in enumerate(("ct", "mri")):
@@ -142,6 +176,11 @@ def sheet_from_amos(root: str | Path) -> pd.DataFrame:
 
 
 def write_case_sheet(sheet: pd.DataFrame, path: str | Path) -> None:
-    """Write a case sheet TSV atomically."""
+    """Write a case sheet TSV atomically.
+
+    Args:
+        sheet: the case sheet.
+        path: the TSV file to write (no index column).
+    """
     with atomic_path(path) as tmp:
         sheet.to_csv(tmp, sep="\t", index=False)

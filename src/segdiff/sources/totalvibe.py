@@ -112,8 +112,17 @@ def model_labels(model: Path) -> dict[int, str]:
 
 
 def label_disagreements(shipped: dict[int, str], labels: LabelMap) -> list[str]:
-    """Where the model's own label list and a label map differ (ids, then names), one line each; ids the
-    model names ``unused...`` (TotalVibeSegmentator's 20) are not structures and are skipped."""
+    """Where the model's own label list and a label map differ (ids, then names), one line each.
+
+    Args:
+        shipped: the model's foreground id -> name (:func:`model_labels`); ids the model names
+            ``unused...`` (TotalVibeSegmentator's 20) are not structures and are skipped.
+        labels: the label map to compare with.
+
+    Returns:
+        One line per difference: ids only the model predicts, ids only the label map has, then shared
+        ids whose names differ (ignoring case); empty when they agree.
+    """
     shipped = {i: name for i, name in shipped.items() if not name.lower().startswith("unused")}
     lines = [f"id {i} ({shipped[i]}) is predicted by the model but not in the label map" for i in sorted(set(shipped) - set(labels.ids))]
     lines += [f"id {i} ({labels.names[i]}) of the label map is not in the model's label list" for i in sorted(set(labels.ids) - set(shipped))]
