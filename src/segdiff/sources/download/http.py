@@ -119,20 +119,22 @@ def normalise_md5(value: str | None, what: str) -> str | None:
     Raises:
         DownloadError: if ``value`` is not 32 hex digits (the message starts with ``what``).
     """
-    if value is None:
-        return None
-    text = value.strip().lower().removeprefix("md5:")
-    if not _MD5_RE.match(text):
-        raise DownloadError(what, f"not an md5 digest (32 hex digits): {value!r}")
-    return text
+    return _normalise_digest(value, what, "md5")
 
 
-def _normalise_sha256(value: str | None, what: str) -> str | None:
+#: algorithm -> (the hex digits it accepts, how the error message names them)
+_DIGEST_FORMS = {"md5": (_MD5_RE, "an md5 digest (32 hex digits)"),
+                 "sha256": (_SHA256_RE, "a SHA-256 digest or prefix (1 to 64 hex digits)")}
+
+
+def _normalise_digest(value: str | None, what: str, algorithm: str) -> str | None:
+    """``value`` as lower-case hex, its ``<algorithm>:`` prefix dropped; None stays None."""
     if value is None:
         return None
-    text = value.strip().lower().removeprefix("sha256:")
-    if not _SHA256_RE.match(text):
-        raise DownloadError(what, f"not a SHA-256 digest or prefix (1 to 64 hex digits): {value!r}")
+    pattern, form = _DIGEST_FORMS[algorithm]
+    text = value.strip().lower().removeprefix(f"{algorithm}:")
+    if not pattern.match(text):
+        raise DownloadError(what, f"not {form}: {value!r}")
     return text
 
 
@@ -309,7 +311,7 @@ def download(
     """
     dest = Path(dest)
     md5 = normalise_md5(md5, f"md5 for {dest}")
-    sha256 = _normalise_sha256(sha256, f"SHA-256 for {dest}")
+    sha256 = _normalise_digest(sha256, f"SHA-256 for {dest}", "sha256")
     check_http_url(url)
     if dest.exists():
         if (size, md5, sha256) == (None, None, None):

@@ -22,7 +22,6 @@ Zenodo record format:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +29,9 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urljoin
 from urllib.request import Request, urlopen
 
-from segdiff.sources.download.http import USER_AGENT, DownloadError, check_http_url
+from segdiff.sources.download.http import _MD5_RE, USER_AGENT, DownloadError, check_http_url
 
 __all__ = ["RemoteFile", "Record", "parse_record", "fetch_record", "describe"]
-
-_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)
