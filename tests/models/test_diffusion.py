@@ -75,12 +75,15 @@ def test_sampling_never_ablates(monkeypatch):
     assert all(torch.equal(c, one_hot(torch.as_tensor(masks), 4)) for c in seen)
 
 
-#: every sampler setting the schema allows (DDIM with and without step noise, DDPM)
+#: every sampler setting the schema allows (DDIM with and without step noise, DDPM, DPM-Solver++ ODE and SDE on
+#: both grids)
 SAMPLERS = [SamplerSettings(steps=4), SamplerSettings(steps=4, eta=0.5), SamplerSettings(steps=4, eta=1.0),
-            SamplerSettings(sampler="ddpm", steps=0)]
+            SamplerSettings(sampler="ddpm", steps=0)] + [
+            SamplerSettings(sampler=name, steps=4, spacing=spacing)
+            for name in ("dpmpp_2m", "dpmpp_2m_sde") for spacing in ("lambda", "linear")]
 
 
-@pytest.mark.parametrize("settings", SAMPLERS, ids=lambda s: f"{s.sampler}-eta{s.eta}")
+@pytest.mark.parametrize("settings", SAMPLERS, ids=lambda s: f"{s.sampler}-eta{s.eta}-{s.spacing}")
 def test_sampling_does_not_depend_on_batch_size_order_or_neighbours(settings):
     model = perturbed_model()
     masks = tiny_slices(5).mask

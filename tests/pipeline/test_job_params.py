@@ -35,9 +35,21 @@ def test_diffusion_params_hold_every_setting_but_the_runs_and_speed(config):
     assert diffusion_params(more) == params
 
 
-def test_sampling_params_hold_sampler_steps_eta_k_only(config):
+def test_sampling_params_hold_only_what_the_sampler_uses(config):
+    ddim = copy.deepcopy(config)
+    ddim["sampling"]["sampler"] = "ddim"
+    solver = copy.deepcopy(config)
+    solver["sampling"]["sampler"] = "dpmpp_2m_sde"
+    # DDIM: its eta, not the solver's spacing; DPM-Solver++: its spacing, not DDIM's eta
+    assert set(sampling_params(ddim)) == set(config["sampling"]) - {"batch_size", "chunks", "multimodal", "spacing"}
+    assert set(sampling_params(solver)) == set(config["sampling"]) - {"batch_size", "chunks", "multimodal", "eta"}
+    for section, ignored, used in ((ddim, "spacing", "eta"), (solver, "eta", "spacing")):
+        other = copy.deepcopy(section)
+        other["sampling"][ignored] = {"spacing": "linear", "eta": 0.25}[ignored]
+        assert sampling_params(other) == sampling_params(section)
+        other["sampling"][used] = {"spacing": "linear", "eta": 0.25}[used]
+        assert sampling_params(other) != sampling_params(section)
     params = sampling_params(config)
-    assert set(params) == set(config["sampling"]) - {"batch_size", "chunks", "multimodal"}
     other = copy.deepcopy(config)
     other["sampling"].update(batch_size=7, chunks=3, multimodal=[])
     assert sampling_params(other) == params

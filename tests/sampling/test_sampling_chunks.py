@@ -27,6 +27,9 @@ from segdiff.data.store import SliceStore, write_store
 
 SAMPLING = {"sampler": "ddim", "steps": 2, "eta": 1.0, "batch_size": 4, "k": 2}  # batch blocks of 2 slices
 SAMPLER = sampler_settings(SAMPLING, "fp32", torch.device("cpu"))
+#: every sampler the schema allows but DDPM (all 1000 steps: tests/models/test_diffusion.py covers it)
+SAMPLERS = {name: sampler_settings({**SAMPLING, "sampler": name, "steps": 3}, "fp32", torch.device("cpu"))
+            for name in ("ddim", "dpmpp_2m", "dpmpp_2m_sde")}
 MAX_SLICES = 9
 CHUNKS = 3
 FILES = ("multi_inference", "reconstruction")
@@ -70,18 +73,18 @@ def run_files(folder, mode):
     return files
 
 
-def sample_job(model, stores, mode, seed, out, chunk=0, chunks=1):
-    return SampleJob(model=model, stores=stores, mode=mode, sampler=SAMPLER, k=SAMPLING["k"], max_slices=MAX_SLICES,
+def sample_job(model, stores, mode, seed, out, chunk=0, chunks=1, sampler=SAMPLER):
+    return SampleJob(model=model, stores=stores, mode=mode, sampler=sampler, k=SAMPLING["k"], max_slices=MAX_SLICES,
                      seed=seed, device=torch.device("cpu"), out=out, chunk=chunk, chunks=chunks)
 
 
-def sample_chunks(setup, mode, folder, chunks=CHUNKS, seed=5, model=None, only=None):
+def sample_chunks(setup, mode, folder, chunks=CHUNKS, seed=5, model=None, only=None, sampler=SAMPLER):
     """The chunk files of a run (those numbered ``only``, 0-based, when given)."""
     root, default_model, stores = setup
     parts = [folder / f"part_{i + 1}-of-{chunks}.npz" for i in range(chunks)]
     for i, part in enumerate(parts):
         if only is None or i in only:
-            sample_chunk(sample_job(model or default_model, stores, mode, seed, part, i, chunks))
+            sample_chunk(sample_job(model or default_model, stores, mode, seed, part, i, chunks, sampler))
     return parts
 
 
@@ -97,17 +100,19 @@ def assert_same_generation(merged, unsplit, merged_path, unsplit_path):
             assert merged[key].dtype == unsplit[key].dtype and np.array_equal(merged[key], unsplit[key]), key
 
 
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 @pytest.mark.parametrize("mode", ["multi_inference", "multimodal"])
-def test_chunks_merge_to_the_unsplit_run_and_read_only_their_rows(setup, tmp_path, monkeypatch, mode):
+def test_chunks_merge_to_the_unsplit_run_and_read_only_their_rows(setup, tmp_path, monkeypatch, mode, sampler):
     root, model, stores = setup
     whole, split = run_files(tmp_path / "whole", mode), run_files(tmp_path / "split", mode)
     labels = load_label_map("amos15")
-    sample_run(SampleRunJob(sample_job(model, stores, mode, 5, whole["samples"]), labels, whole["grid"],
+    settings = SAMPLERS[sampler]
+    sample_run(SampleRunJob(sample_job(model, stores, mode, 5, whole["samples"], sampler=settings), labels, whole["grid"],
                             whole.get("reconstruction"), whole.get("reconstruction_grid"), title="t"))
     reads = []
     real_read = SliceStore.read
     monkeypatch.setattr(SliceStore, "read", lambda self, index: reads.append(len(index)) or real_read(self, index))
-    parts = sample_chunks(setup, mode, tmp_path / "parts")
+    parts = sample_chunks(setup, mode, tmp_path / "parts", sampler=settings)
     assert reads == [4, 4, 1]  # each chunk reads its part only: 5 batch blocks of 2 slices split 2, 2, 1
     random.Random(0).shuffle(parts)  # the gather sorts them
     gather_run(GatherJob(parts, labels, split["samples"], split["grid"], split.get("reconstruction"),

@@ -3,8 +3,8 @@
 AdamW, linear warm-up then cosine decay, gradient clipping, EMA weights, one seeded RNG for all
 randomness (batches, timesteps, noise, ablation), periodic checkpoints from which a rerun resumes
 exactly (on CPU the resumed run ends with the same weights as an uninterrupted one), a tqdm bar
-with loss and images/s, and the loss history. bf16 autocast where the device computes bf16
-natively (CUDA; CPUs with AVX512-BF16/AMX); on CUDA also channels_last, fused AdamW and optional
+with loss and images/s, and the loss history. bf16 autocast where bf16
+pays (CUDA; CPUs with AMX, not AVX512-BF16 alone); on CUDA also channels_last, fused AdamW and optional
 ``torch.compile``.
 
 Data parallel (a :class:`segdiff.core.distributed.Rank` of a job of ``world_size`` processes): the

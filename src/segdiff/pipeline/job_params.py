@@ -69,15 +69,20 @@ def segmentor_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def sampling_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What shapes a run's generations: sampler, steps, ``eta``, ``k``. Not the multi-modal
-    experiments (adding one must not resample the others), nor the batch or the number of chunks
-    (every generation has its own seed, so neither changes what is drawn).
+    """What shapes a run's generations: sampler, steps, ``eta`` (DDIM's), ``spacing`` (DPM-Solver++'s),
+    ``k``. Not the multi-modal experiments (adding one must not resample the others), nor the batch
+    or the number of chunks (every generation has its own seed, so neither changes what is drawn),
+    nor a setting the sampler ignores.
 
     Args:
         config: the validated workflow config.
     """
     params = _without_speed(config, "sampling")
     params.pop("multimodal", None)
+    if params.get("sampler") not in ("ddim", None):
+        params.pop("eta", None)
+    if not str(params.get("sampler", "")).startswith("dpmpp"):
+        params.pop("spacing", None)
     return params
 
 

@@ -1,10 +1,13 @@
 """Batched, reproducible sampling from a segmentation-guided diffusion model.
 
+Samplers (:data:`SAMPLERS`): MONAI's DDPM and DDIM, and DPM-Solver++(2M) as an ODE or an SDE
+(:mod:`segdiff.sampling.solvers`), the few-step samplers.
+
 Every generated slice starts from noise drawn from its own generator, seeded from
-``(seed, case, slice, k)``; stochastic samplers (DDPM, DDIM with eta > 0) also draw each step's
-noise from per-slice generators, and step the whole batch at once (:func:`stochastic_step`).
-Results therefore do not depend on the batch size, on the order of jobs, or on which other slices
-are sampled alongside.
+``(seed, case, slice, k)``; stochastic samplers (DDPM, DDIM with eta > 0, the SDE) also draw their
+step noise from per-slice generators, and step the whole batch at once (:func:`stochastic_step`;
+the SDE draws a slice's noise of all steps in one call, :func:`step_noise`). Results therefore do
+not depend on the batch size, on the order of jobs, or on which other slices are sampled alongside.
 """
 
 from __future__ import annotations
@@ -18,17 +21,23 @@ import torch
 from monai.networks.schedulers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from segdiff.models.diffusion import from_model_range, make_scheduler, one_hot
 from segdiff.core.device import native_bf16
+from segdiff.models.diffusion import from_model_range, make_scheduler, one_hot
+from segdiff.sampling.solvers import dpm_solver_pp, timestep_grid
 
-__all__ = ["SamplerSettings", "sample_seed", "initial_noise", "stochastic_step", "generate"]
+__all__ = ["SAMPLERS", "SamplerSettings", "sample_seed", "initial_noise", "step_noise", "stochastic_step",
+           "x0_prediction", "generate"]
+
+#: the samplers: MONAI's (``ddim``, ``ddpm``) and DPM-Solver++(2M) (:mod:`segdiff.sampling.solvers`)
+SAMPLERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2m_sde")
 
 
 @dataclass
 class SamplerSettings:
-    sampler: str = "ddim"  # ddim | ddpm
-    steps: int = 50  # inference steps (DDPM: the model's number of training timesteps is used when 0)
+    sampler: str = "ddim"  # one of SAMPLERS
+    steps: int = 50  # network calls (DDPM: the model's number of training timesteps is used when 0)
     eta: float = 0.0  # DDIM stochasticity
+    spacing: str = "lambda"  # DPM-Solver++ grid: lambda | linear (segdiff.sampling.solvers.timestep_grid)
     batch_size: int = 64
     bf16: bool | None = None  # bf16 autocast; None = where the device computes bf16 natively
 
@@ -66,6 +75,45 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
         g.manual_seed(s)
         out[i] = torch.randn((1, *shape), generator=g)
     return out
+
+
+def step_noise(generators: Sequence[torch.Generator], steps: int, shape: tuple[int, ...],
+               device: torch.device) -> torch.Tensor:
+    """(N, steps, *shape) standard normal noise: slice i's noise of every step, in one draw from ``generators[i]``.
+
+    Args:
+        generators: one per slice, seeded from its seed.
+        steps: the steps that add noise.
+        shape: one slice's shape, e.g. (1, H, W).
+        device: where to draw (the generators' device).
+
+    Returns:
+        The noise on ``device``.
+    """
+    return torch.stack([torch.randn((steps, *shape), generator=g, device=device) for g in generators])
+
+
+def x0_prediction(prediction: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor | float,
+                  kind: str) -> torch.Tensor:
+    """The clean image a model's output implies.
+
+    Args:
+        prediction: the model's output for ``x``: noise, sample or v, as ``kind`` says.
+        x: the noisy batch.
+        alpha_bar: ᾱ of the timestep.
+        kind: the prediction type (``epsilon``, ``sample``, ``v_prediction``).
+
+    Returns:
+        x0, float32 (not clipped).
+    """
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    alpha, sigma = float(a.sqrt()), float((1 - a).sqrt())
+    prediction, x = prediction.float(), x.float()
+    if kind == "epsilon":
+        return (x - sigma * prediction) / alpha
+    if kind == "sample":
+        return prediction
+    return alpha * x - sigma * prediction
 
 
 def stochastic_step(scheduler, prediction: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor,
@@ -138,7 +186,7 @@ def generate(
         seeds: (N,) one seed per mask (:func:`sample_seed`): its initial noise and, for stochastic
             samplers, its noise at every step.
         num_classes: the model's classes, background included (the one-hot condition's channels).
-        settings: the sampler, steps, eta, batch size and bf16.
+        settings: the sampler, steps, eta, spacing, batch size and bf16.
         device: where the model runs.
         desc: the progress bar's label.
         progress: called as ``progress(done, total)`` after every denoising step of every batch (e.g. a
@@ -148,25 +196,48 @@ def generate(
         (N, H, W) float32 in [0, 1]: image i is generated from ``masks[i]`` and ``seeds[i]``.
 
     Raises:
-        ValueError: unequal numbers of masks and seeds, or DDPM with ``steps`` other than 0 or the
-            model's number of training timesteps.
+        ValueError: unequal numbers of masks and seeds, an unknown sampler, or DDPM with ``steps`` other
+            than 0 or the model's number of training timesteps.
     """
     if len(masks) != len(seeds):
         raise ValueError(f"{len(masks)} masks but {len(seeds)} seeds")
-    scheduler = make_scheduler(scheduler_config, settings.sampler)
+    if settings.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {settings.sampler!r} (expected one of {', '.join(SAMPLERS)})")
+    solver = settings.sampler.startswith("dpmpp")
+    scheduler = make_scheduler(scheduler_config, "ddpm" if solver else settings.sampler)
     steps = settings.steps or scheduler_config.num_train_timesteps
     if settings.sampler == "ddpm" and steps != scheduler_config.num_train_timesteps:
         # MONAI's DDPMScheduler.step always goes from t to t - 1: strided DDPM returns noise
         raise ValueError(f"DDPM samples every one of the model's {scheduler_config.num_train_timesteps} timesteps "
                          f"(got steps={steps}); use steps 0 or {scheduler_config.num_train_timesteps}, or DDIM with eta 1")
-    scheduler.set_timesteps(steps, device=device)
-    stochastic = settings.sampler == "ddpm" or settings.eta > 0
+    if solver:
+        timesteps = timestep_grid(scheduler.alphas_cumprod, steps, settings.spacing)
+    else:
+        scheduler.set_timesteps(steps, device=device)
+        timesteps = [int(t) for t in scheduler.timesteps]
+    stochastic = settings.sampler in ("ddpm", "dpmpp_2m_sde") or (settings.sampler == "ddim" and settings.eta > 0)
     model.eval().to(device)
     bf16 = native_bf16(device) if settings.bf16 is None else settings.bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    alphas = scheduler.alphas_cumprod.to(device)
+
+    def predict(x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return model(x, torch.full((len(x),), t, device=device, dtype=torch.long), cond).float()
+
+    def denoise(x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:  # the solvers' x0, clipped as MONAI's
+        x0 = x0_prediction(predict(x, t, cond), x, scheduler.alphas_cumprod[t], scheduler.prediction_type)
+        return x0.clamp(*scheduler.clip_sample_values) if scheduler.clip_sample else x0
+
     out = np.empty(masks.shape, np.float32)
     batches = range(0, len(masks), settings.batch_size)
-    bar = tqdm(total=len(batches) * len(scheduler.timesteps), desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(total=len(batches) * len(timesteps), desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
+
+    def tick() -> None:
+        bar.update()
+        if progress is not None:
+            progress(bar.n, bar.total)
+
     for start in batches:
         batch_seeds = seeds[start : start + settings.batch_size]
         cond = one_hot(torch.as_tensor(masks[start : start + settings.batch_size], device=device), num_classes)
@@ -177,18 +248,17 @@ def generate(
                 g = torch.Generator(device=device)
                 g.manual_seed(s ^ 0x5DEECE66D)
                 step_generators.append(g)
-        for t in scheduler.timesteps:
-            timesteps = torch.full((len(x),), int(t), device=device, dtype=torch.long)
-            with autocast:
-                prediction = model(x, timesteps, cond).float()
+        if solver:
+            noise = step_noise(step_generators, len(timesteps) - 1, x.shape[1:], device) if stochastic else None
+            x = dpm_solver_pp(lambda x_t, t: denoise(x_t, t, cond), x, timesteps, alphas, noise, tick)
+        for t in [] if solver else timesteps:
+            prediction = predict(x, t, cond)
             if not stochastic:  # DDIM with eta 0: no noise
-                x, _ = scheduler.step(prediction, int(t), x)
+                x, _ = scheduler.step(prediction, t, x)
             else:
                 noise = torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=device) for g in step_generators])
-                x = stochastic_step(scheduler, prediction, int(t), x, noise, settings.eta)
-            bar.update()
-            if progress is not None:
-                progress(bar.n, bar.total)
+                x = stochastic_step(scheduler, prediction, t, x, noise, settings.eta)
+            tick()
         out[start : start + len(x)] = from_model_range(x)[:, 0].float().cpu().numpy()
     bar.close()
     return out
