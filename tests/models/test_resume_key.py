@@ -29,7 +29,7 @@ LABELS = {"labels": {"1": "spleen", "2": "kidney", "3": "liver"}}
 
 #: one other value of every training setting (the resume key holds all but the speed settings)
 OTHER_SETTINGS = {"steps": 3, "lr": 5e-4, "warmup_steps": 0, "weight_decay": 0.01, "grad_clip": 0.5, "ema_decay": 0.5,
-                  "seed": 4, "bf16": True}
+                  "ema_warmup": False, "seed": 4, "bf16": True}
 SPEED = {"checkpoint_every": 7, "compile": True}
 #: one other value of every network and scheduler field
 OTHER_DENOISER = {"num_classes": 5, "conditioning": "add", "channels": (8, 16), "num_res_blocks": 2,
