@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
 from segdiff.data.shards import write_case_shards
 from segdiff.data.store import SliceStore, write_subset
 from segdiff.core.device import pick_device, use_bf16
+from segdiff.pipeline.jobs import sampler_settings
 from segdiff.models.training import TrainSettings
 from segdiff.sources.volumes import load_case
 
@@ -87,6 +89,27 @@ def oracle_figures(work: Path, cfg: dict, case: dict, test, images: np.ndarray, 
                 diversity_ratio=round(diversity_ratio(generated, oracle, test.mask), 4))
 
 
+def throughput(model, scheduler, masks: np.ndarray, num_classes: int, sampler: SamplerSettings, cell: str,
+               device: torch.device) -> list[dict]:
+    """img/s of ``cell`` (sampler:NFE) at batch 64 and 128, compiled, after a warm-up batch that compiles."""
+    name, nfe = cell.split(":")
+    rows = []
+    for batch in (64, 128):
+        settings = replace(sampler, sampler=name, steps=int(nfe), batch_size=batch, compile=True)
+        n = 4 * batch
+        batch_masks = np.resize(masks, (n, *masks.shape[1:]))
+        generate(model, scheduler, batch_masks[:batch], list(range(batch)), num_classes, settings, device, desc="compile")
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        generate(model, scheduler, batch_masks, list(range(n)), num_classes, settings, device, desc=f"batch {batch}")
+        torch.cuda.synchronize()
+        rows.append({"sampler": cell, "batch_size": batch, "compile": True, "bf16": settings.bf16,
+                     "images_per_s": round(n / (time.perf_counter() - t0), 1),
+                     "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)})
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=REPO / "config/amos.yaml")
@@ -97,8 +120,13 @@ def main(argv=None):
     ap.add_argument("--json", type=Path)
     ap.add_argument("--figure", type=Path, help="PNG of oracle renders vs generations of the held-out masks")
     ap.add_argument("--ema-decay", type=float, default=None,
-                    help="EMA decay of the sampled model; default min(config's, 1 - 10 / steps): the config's 0.9999 "
-                         "averages over ~10k steps, so after a short run its EMA is mostly the initial weights")
+                    help="EMA decay of the sampled model (default: the config's; its warm-up ramp, train.ema_warmup, "
+                         "makes a short run's EMA follow the trained weights)")
+    ap.add_argument("--grid", nargs="*", default=["ddim:50", "dpmpp_2m_sde:10", "dpmpp_2m_sde:8", "dpmpp_2m_sde:5",
+                                                  "dpmpp_2m:10"],
+                    help="sampler:NFE cells: diversity ratio against the oracle and img/s of each on the held-out masks")
+    ap.add_argument("--throughput", default="dpmpp_2m_sde:10",
+                    help="sampler:NFE timed at batch 64 and 128, compiled, bf16 (CUDA)")
     args = ap.parse_args(argv)
     cfg = validate_config(yaml.safe_load(args.config.read_text()), REPO / "config/schemas/config.schema.yaml")
     device = pick_device(args.device)
@@ -117,7 +145,7 @@ def main(argv=None):
         store = SliceStore([folder], ["train"])
         figures.update(train_slices=len(store), image_size=store.shape[0], data_s=round(time.perf_counter() - t0, 1))
         dcfg = cfg["diffusion"]
-        ema_decay = args.ema_decay if args.ema_decay is not None else min(dcfg["train"]["ema_decay"], max(0.0, 1 - 10 / args.steps))
+        ema_decay = args.ema_decay if args.ema_decay is not None else dcfg["train"]["ema_decay"]
         train = dict(dcfg["train"], steps=args.steps, checkpoint_every=10**9, ema_decay=ema_decay)
         batch_size = train.pop("batch_size")
         denoiser = DenoiserConfig(num_classes=labels.max_id + 1, conditioning=dcfg["conditioning"], **dcfg["model"])
@@ -143,8 +171,7 @@ def main(argv=None):
         )
         dump()
         s = cfg["sampling"]
-        sampler = SamplerSettings(sampler=s["sampler"], steps=s["steps"], eta=s["eta"], batch_size=s["batch_size"],
-                                  bf16=settings.bf16)
+        sampler = sampler_settings(s, cfg["compute"]["precision"], device)
         held_out = SliceStore([folder], ["test"])
         test = held_out.take(np.linspace(0, len(held_out) - 1, min(args.sample_masks, len(held_out))).astype(int))
         masks = np.repeat(test.mask, s["k"], axis=0)
@@ -162,6 +189,20 @@ def main(argv=None):
                        peak_gpu_memory_sample_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                        sample_std_across_k=round(float(images.reshape(-1, s["k"], *images.shape[1:]).std(axis=1).mean()), 4))
         figures.update(oracle_figures(work, cfg, cases[-1], test, images, args.figure))
+        dump()
+        figures["grid"] = []
+        for cell in args.grid:  # quality against NFE at 256 px: the k generations' spread against the oracle's
+            name, nfe = cell.split(":")
+            settings_ = replace(sampler, sampler=name, steps=int(nfe), eta=1.0)
+            t0 = time.perf_counter()
+            cell_images = generate(result.ema, scheduler, masks, seeds, denoiser.num_classes, settings_, device, desc=cell)
+            seconds = time.perf_counter() - t0
+            figures["grid"].append({"sampler": name, "nfe": int(nfe), "images_per_s": round(len(masks) / seconds, 2),
+                                    **oracle_figures(work, cfg, cases[-1], test, cell_images, None)})
+            dump()
+        if cuda and args.throughput:
+            figures["throughput"] = throughput(result.ema, scheduler, test.mask, denoiser.num_classes, sampler,
+                                               args.throughput, device)
     print(json.dumps(figures, indent=2))
     dump()
     return figures

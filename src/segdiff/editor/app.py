@@ -147,10 +147,10 @@ def _discover(results: Path) -> dict[str, _Model]:
 
 
 def _sampler_settings(results: Path):
-    """The study's sampler (``results/provenance.json``: config.sampling), else the defaults of the config schema."""
+    """The study's sampler (``results/provenance.json``: config.sampling), else the default study's."""
     from segdiff.sampling.samplers import SamplerSettings
 
-    sampling = {"sampler": "ddim", "steps": 25, "eta": 1.0, "batch_size": 64, "k": 4}
+    sampling = {"sampler": "dpmpp_2m_sde", "steps": 10, "eta": 1.0, "spacing": "lambda", "batch_size": 64, "k": 4}
     provenance = results / "provenance.json"
     if provenance.is_file():
         try:
@@ -158,7 +158,7 @@ def _sampler_settings(results: Path):
         except (OSError, ValueError) as err:
             log.warning("%s: not readable (%s); default sampler", provenance, err)
     settings = SamplerSettings(sampler=sampling["sampler"], steps=int(sampling["steps"]), eta=float(sampling["eta"]),
-                               batch_size=int(sampling["batch_size"]))
+                               spacing=str(sampling.get("spacing", "lambda")), batch_size=int(sampling["batch_size"]))
     return settings, int(sampling["k"])
 
 

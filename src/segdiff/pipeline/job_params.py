@@ -25,7 +25,7 @@ SPEED_KEYS: dict[str, tuple[str, ...] | str] = {
     "compute": "*",
     "diffusion.train": ("checkpoint_every", "compile"),
     "segmentor.train": ("checkpoint_every", "compile"),
-    "sampling": ("batch_size", "chunks"),
+    "sampling": ("batch_size", "chunks", "compile"),
 }
 
 

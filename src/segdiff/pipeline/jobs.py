@@ -69,7 +69,8 @@ def sampler_settings(sampling: Mapping[str, Any], precision: str, device: torch.
     :class:`~segdiff.sampling.samplers.SamplerSettings` that every sampling function takes.
 
     Args:
-        sampling: ``sampler``, ``steps``, ``eta``, ``spacing`` (the params) and ``batch_size`` (a speed key).
+        sampling: ``sampler``, ``steps``, ``eta``, ``spacing`` (the params), ``batch_size`` and ``compile``
+            (speed keys).
         precision: ``compute.precision`` (auto | bf16 | fp32).
         device: where the sampling runs (``bf16`` is decided for it).
 
@@ -81,7 +82,7 @@ def sampler_settings(sampling: Mapping[str, Any], precision: str, device: torch.
 
     return SamplerSettings(sampler=sampling["sampler"], steps=sampling["steps"], eta=sampling["eta"],
                            spacing=sampling.get("spacing", "lambda"), batch_size=sampling["batch_size"],
-                           bf16=use_bf16(precision, device))
+                           bf16=use_bf16(precision, device), compile=sampling.get("compile", False))
 
 
 def sample_job(snakemake: Any) -> SampleJob:
