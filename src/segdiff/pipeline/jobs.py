@@ -69,8 +69,8 @@ def sampler_settings(sampling: Mapping[str, Any], precision: str, device: torch.
     :class:`~segdiff.sampling.samplers.SamplerSettings` that every sampling function takes.
 
     Args:
-        sampling: ``sampler``, ``steps``, ``eta``, ``spacing`` (the params), ``batch_size`` and ``compile``
-            (speed keys).
+        sampling: ``sampler``, ``steps``, ``eta`` and ``spacing`` (the params, without what the sampler ignores),
+            ``batch_size`` and ``compile`` (speed keys).
         precision: ``compute.precision`` (auto | bf16 | fp32).
         device: where the sampling runs (``bf16`` is decided for it).
 
@@ -80,7 +80,7 @@ def sampler_settings(sampling: Mapping[str, Any], precision: str, device: torch.
     from segdiff.core.device import use_bf16
     from segdiff.sampling.samplers import SamplerSettings
 
-    return SamplerSettings(sampler=sampling["sampler"], steps=sampling["steps"], eta=sampling["eta"],
+    return SamplerSettings(sampler=sampling["sampler"], steps=sampling["steps"], eta=sampling.get("eta", 0.0),
                            spacing=sampling.get("spacing", "lambda"), batch_size=sampling["batch_size"],
                            bf16=use_bf16(precision, device), compile=sampling.get("compile", False))
 
