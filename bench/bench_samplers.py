@@ -41,7 +41,8 @@ KEYS = ("dice_gen", "dice_orig", "dice_ratio", "dice_oracle", "diversity_ratio",
         "frd", "frd_oracle", "fd_seg", "fd_seg_oracle")
 
 
-def run_cells(results: Path, out: Path, nfes: list[int], seeds: int, shard: tuple[int, int], batch_size: int) -> None:
+def run_cells(results: Path, out: Path, nfes: list[int], seeds: int, shard: tuple[int, int], batch_size: int,
+              samplers: list[str] | None = None, only_runs: list[str] | None = None) -> None:
     import torch
 
     from segdiff.core.labels import LabelMap
@@ -59,8 +60,8 @@ def run_cells(results: Path, out: Path, nfes: list[int], seeds: int, shard: tupl
     done = set()
     if cells_file.exists():
         done = {(r["run"], r["sampler"], r["nfe"], r["seed_rep"]) for r in map(json.loads, cells_file.read_text().splitlines())}
-    runs = sorted(results.glob("evaluation/*/metrics.json"))
-    cells = [(run, name, nfe, rep) for run in runs for name in SAMPLERS for nfe in nfes for rep in range(seeds)]
+    runs = [r for r in sorted(results.glob("evaluation/*/metrics.json")) if not only_runs or r.parent.name in only_runs]
+    cells = [(run, name, nfe, rep) for run in runs for name in samplers or SAMPLERS for nfe in nfes for rep in range(seeds)]
     mine = cells[shard[0] :: shard[1]]
     loaded: dict = {}
     for i, (run, name, nfe, rep) in enumerate(mine):
@@ -71,9 +72,10 @@ def run_cells(results: Path, out: Path, nfes: list[int], seeds: int, shard: tupl
             summary = json.loads(run.read_text())
             with np.load(run.parent / "arrays.npz") as z:
                 arrays = {k: z[k] for k in z.files if not k.endswith("_generated") and k != "generated"}
-            gen = read_generation(summary["generation"])
-            model, scheduler_config, meta = load_diffusion(gen["info"]["model"], cpu)
-            segmentor, _, _ = load_segmentor(summary["segmentor"], cpu)
+            root = results.resolve().parent  # the study's paths are relative to its working directory
+            gen = read_generation(root / summary["generation"])
+            model, scheduler_config, meta = load_diffusion(root / gen["info"]["model"], cpu)
+            segmentor, _, _ = load_segmentor(root / summary["segmentor"], cpu)
             labels = LabelMap({int(i): str(n) for i, n in meta["labels"].items()})
             loaded = {"run": run, "summary": summary, "arrays": arrays, "gen": gen, "model": model,
                       "scheduler": scheduler_config, "segmentor": segmentor, "labels": labels}
@@ -172,13 +174,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard", default="0/1", help="i/n: this process takes every n-th cell from the i-th")
+    parser.add_argument("--samplers", nargs="*", choices=list(SAMPLERS), help="a subset of SAMPLERS (default: all)")
+    parser.add_argument("--runs", nargs="*", help="evaluation folder names, e.g. ct_axial (default: every run)")
     parser.add_argument("--plot", action="store_true", help="only plot the cells measured so far")
     args = parser.parse_args()
     if args.plot:
         plot(args.out)
         return
     i, n = (int(v) for v in args.shard.split("/"))
-    run_cells(args.results, args.out, args.nfe, args.seeds, (i, n), args.batch_size)
+    run_cells(args.results, args.out, args.nfe, args.seeds, (i, n), args.batch_size, args.samplers, args.runs)
 
 
 if __name__ == "__main__":

@@ -58,9 +58,11 @@ def test_sample_job_takes_the_sampler_from_params_and_the_batch_from_the_config(
                    input={"model": "results/models/diffusion/mri_axial.pt", "stores": ["results/slices/ct/axial/store"]},
                    output={"part": "results/samples/ct2mri_axial/chunks/multimodal_2-of-3.npz"},
                    wildcards={"source": "ct", "modality": "mri", "view": "axial", "scatteritem": "2-of-3"})
+    assert "eta" not in sampling  # DDIM's: absent from a DPM-Solver++ run's params
     job = jobs.sample_job(smk)
     assert job == SampleJob(model="results/models/diffusion/mri_axial.pt", stores=("results/slices/ct/axial/store",),
-                            mode="multimodal", sampler=SamplerSettings(sampler="ddim", steps=3, eta=1.0, batch_size=7, bf16=False),
+                            mode="multimodal", sampler=SamplerSettings(sampler="dpmpp_2m_sde", steps=3, spacing="lambda",
+                                                                       batch_size=7, bf16=False),
                             k=4, max_slices=32, seed=1234, device=CPU,
                             out="results/samples/ct2mri_axial/chunks/multimodal_2-of-3.npz", chunk=1, chunks=3)
     # the number of chunks is the scatter item's (--set-scatter), not the config's

@@ -300,7 +300,10 @@ RERUNS = {
                      "device": "cpu"},
          "sampling": {"batch_size": 16}, "diffusion": {"train": {"checkpoint_every": 3, "compile": True}}},
         {}),
-    "`sampling.steps`, `sampler`, `eta`": (
+    "`sampling.spacing` under DDIM (`eta` under DPM-Solver++): a setting the sampler ignores": (
+        {"sampling": {"spacing": "linear"}},
+        {}),
+    "`sampling.steps`, `sampler`, `eta` (DDIM), `spacing` (DPM-Solver++)": (
         {"sampling": {"steps": 4}},
         {"sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
          "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),

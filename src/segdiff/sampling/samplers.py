@@ -37,9 +37,9 @@ class SamplerSettings:
     sampler: str = "ddim"  # one of SAMPLERS
     steps: int = 50  # network calls (DDPM: the model's number of training timesteps is used when 0)
     eta: float = 0.0  # DDIM stochasticity
-    spacing: str = "lambda"  # DPM-Solver++ grid: lambda | linear (segdiff.sampling.solvers.timestep_grid)
     batch_size: int = 64
     bf16: bool | None = None  # bf16 autocast; None = where bf16 pays (segdiff.core.device.native_bf16)
+    spacing: str = "lambda"  # DPM-Solver++ grid: lambda | linear (segdiff.sampling.solvers.timestep_grid)
     compile: bool = False  # CUDA: torch.compile the denoiser and keep it channels_last
 
 
