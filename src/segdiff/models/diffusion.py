@@ -63,9 +63,6 @@ class SchedulerConfig:
     beta_end: float = 0.02
     prediction_type: PredictionType = "sample"
     min_snr_gamma: float = 0.0  # > 0: min-SNR-gamma loss weighting (Hang et al. 2023); 0: plain MSE
-    # uniform: t ~ U{0..T-1}, the loss weighted by min-SNR; importance: t drawn in proportion to the weight and
-    # the loss unweighted (the same objective, up to a constant, with a lower-variance gradient)
-    timestep_sampling: str = "uniform"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -230,15 +227,9 @@ def diffusion_loss(
     ablation_p: float = 0.0,
     min_snr_gamma: float = 0.0,
     rank: Rank | None = None,
-    timestep_sampling: str = "uniform",
 ) -> torch.Tensor:
     """MSE between the network output and the target of the scheduler's prediction type,
     weighted per sample by min-SNR-gamma when ``min_snr_gamma > 0``.
-
-    ``timestep_sampling="importance"`` (with ``min_snr_gamma > 0``) draws t in proportion to its
-    min-SNR weight and leaves the loss unweighted, times the mean weight: the same expected loss.
-    With x0-prediction and a cosine schedule, uniform draws put a third of the batch where the
-    weight is under 0.1, so those images teach almost nothing.
 
     With a ``rank`` of a data-parallel job, ``images`` and ``masks`` are its B rows of a global batch
     of ``B * world_size``: noise, timesteps and ablation are drawn for the global batch (the same on
@@ -255,7 +246,6 @@ def diffusion_loss(
         ablation_p: the class-ablation probability (:func:`ablate_masks`).
         min_snr_gamma: the min-SNR clip (0 = unweighted).
         rank: this process's rank of a data-parallel job (None: a single process).
-        timestep_sampling: ``uniform`` or ``importance`` (see above).
 
     Returns:
         The scalar loss.
@@ -264,13 +254,7 @@ def diffusion_loss(
     x0 = to_model_range(images)
     b, rows = x0.shape[0], rank.rows(x0.shape[0])
     noise = torch.randn((b * rank.world_size, *x0.shape[1:]), generator=generator, device=x0.device, dtype=x0.dtype)[rows]
-    importance = timestep_sampling == "importance" and min_snr_gamma > 0
-    if importance:  # t ~ min-SNR weight: each drawn step counts fully instead of most counting ~0
-        all_t = torch.arange(scheduler.num_train_timesteps, device=x0.device)
-        weights = min_snr_weights(scheduler, all_t, min_snr_gamma)
-        t = torch.multinomial(weights, b * rank.world_size, replacement=True, generator=generator)[rows]
-    else:
-        t = torch.randint(0, scheduler.num_train_timesteps, (b * rank.world_size,), generator=generator, device=x0.device)[rows]
+    t = torch.randint(0, scheduler.num_train_timesteps, (b * rank.world_size,), generator=generator, device=x0.device)[rows]
     noisy = scheduler.add_noise(x0, noise, t)
     cond = one_hot(ablate_masks(masks, ablation_p, generator, rank), num_classes)
     prediction = model(noisy, t, cond)
@@ -283,8 +267,6 @@ def diffusion_loss(
     if min_snr_gamma <= 0:
         return F.mse_loss(prediction.float(), target.float())
     per_sample = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-    if importance:  # E_uniform[w * loss] = mean(w) * E_{t ~ w}[loss]: the same objective and scale
-        return per_sample.mean() * weights.mean()
     return (per_sample * min_snr_weights(scheduler, t, min_snr_gamma)).mean()
 
 
@@ -342,7 +324,7 @@ def fit_diffusion(
     def loss_fn(net, batch, generator):
         images, masks = batch
         loss = diffusion_loss(net, scheduler, images, masks.long(), denoiser.num_classes, generator, ablation_p,
-                              scheduler_config.min_snr_gamma, rank, scheduler_config.timestep_sampling)
+                              scheduler_config.min_snr_gamma, rank)
         return loss, len(images)
 
     def batches(start):
