@@ -13,7 +13,8 @@ The rates are measurements, each named with where it came from (``RATES``; overr
 - segmentor training: not measured on a GPU; estimated from the diffusion model's measured FLOP rate
   and both networks' FLOPs per image (``torch.utils.flop_counter`` on the meta device, 256 px);
 - radiomics (FRD) features: CPU seconds per slice at 256 px, measured on one core;
-- disk: the slice store's bytes per slice (float32 image + uint8 mask), and the NPZ shards'.
+- disk: the slice store's bytes per slice (float32 image + uint8 mask); the NPZ shards, uncompressed, are
+  as large and stay beside it today (``results/slices/*/*/*.npz``).
 
     python bench/bench_cost.py --config config/amos.yaml                     # the table (markdown) and JSON
     python bench/bench_cost.py --config config/amos.yaml --rate train_img_s=280 --nfe 10   # what-if
@@ -35,11 +36,15 @@ RATES = {
                            "(docs/results/gpu_amos_config_h200_run4.json, README)"),
     "sample_calls_s": (250.0, "DDIM-50 sampling at 256 px, batch 64, uncompiled, H200: 5.0 img/s x 50 calls"),
     "frd_cpu_s_per_slice": (0.42, "radiomics features of one 256 px slice, one CPU core (issue 20)"),
-    "shard_bytes_per_slice": (None, "NPZ shards: about the store's size (2 x 80 GB at AMOS scale, issue 20)"),
 }
 #: AMOS22 slices per modality and view at min_foreground 256 (estimate: ~300k slices in all, 156k CT axial+coronal+
 #: sagittal train slices per the config's comment)
 AMOS_SLICES = {"ct": 250_000, "mri": 50_000}
+
+
+def _source(rates: dict[str, float], name: str) -> str:
+    """``measured`` when ``rates[name]`` is the measured value, else ``what-if``."""
+    return "measured" if rates[name] == RATES[name][0] else "what-if"
 
 
 def flops_per_image(config: dict) -> dict[str, float]:
@@ -99,22 +104,24 @@ def study_cost(config: dict, rates: dict[str, float], slices: dict[str, int], nf
     rows = [
         {"stage": "diffusion training", "work": f"{len(runs)} models x {diffusion['steps']:,} steps x {diffusion['batch_size']}",
          "gpu_h": len(runs) * diffusion["steps"] * diffusion["batch_size"] / rates["train_img_s"] / 3600,
-         "rate": f"{rates['train_img_s']:.0f} img/s (measured)"},
+         "rate": f"{rates['train_img_s']:.0f} img/s ({_source(rates, 'train_img_s')})"},
         {"stage": "sampling", "work": f"{n_runs} runs x {images:,} images x {calls} calls",
          "gpu_h": n_runs * images * calls / rates["sample_calls_s"] / 3600,
-         "rate": f"{rates['sample_calls_s']:.0f} calls/s = {rates['sample_calls_s'] / calls:.1f} img/s at {calls} calls (measured at 50)"},
+         "rate": f"{rates['sample_calls_s']:.0f} calls/s = {rates['sample_calls_s'] / calls:.1f} img/s at {calls} calls "
+                 f"({_source(rates, 'sample_calls_s')})"},
         {"stage": "segmentor training", "work": f"{len(modalities)} models x {segmentor['steps']:,} steps x {segmentor['batch_size']}",
          "gpu_h": len(modalities) * segmentor["steps"] * segmentor["batch_size"] / rates["segmentor_img_s"] / 3600,
-         "rate": f"{rates['segmentor_img_s']:.0f} img/s (estimated: the diffusion model's FLOP rate, "
-                 f"{flops['segmentor'] / 1e9:.0f} vs {flops['diffusion'] / 1e9:.0f} GFLOP per image)"},
+         "rate": f"{rates['segmentor_img_s']:.0f} img/s (not measured: the diffusion model's FLOP rate at "
+                 f"{flops['segmentor'] / 1e9:.0f} vs {flops['diffusion'] / 1e9:.0f} GFLOP per image, a lower bound)"},
         {"stage": "evaluation", "work": f"{n_runs} runs x {2 * config['evaluation']['max_slices']:,} slices (generated + real)",
          "gpu_h": n_runs * 2 * config["evaluation"]["max_slices"] * flops["segmentor_forward"] / (
              rates["segmentor_img_s"] * flops["segmentor"]) / 3600,
          "cpu_h": n_runs * 2 * config["evaluation"]["max_slices"] * rates["frd_cpu_s_per_slice"] / 3600,
-         "rate": f"radiomics {rates['frd_cpu_s_per_slice']} CPU-s per slice (measured); segmentor + Inception on the GPU"},
+         "rate": f"radiomics {rates['frd_cpu_s_per_slice']} CPU-s per slice ({_source(rates, 'frd_cpu_s_per_slice')}); "
+                 "the segmentor on the GPU"},
     ]
     total = sum(r["gpu_h"] for r in rows)
-    disk = {"store_gb": store_bytes / 1e9, "shards_kept_gb": store_bytes / 1e9 if config["preprocess"].get("keep_shards") else 0.0}
+    disk = {"store_gb": store_bytes / 1e9, "shards_gb": store_bytes / 1e9}  # uncompressed NPZ: the same bytes
     return {"rows": rows, "gpu_h": total, "cpu_h": sum(r.get("cpu_h", 0) for r in rows), "disk": disk,
             "rates": rates, "flops_per_image": flops, "slices": slices, "nfe": calls}
 
@@ -126,7 +133,7 @@ def markdown(cost: dict) -> str:
     disk = cost["disk"]
     lines.append(f"| **total** | | | **{cost['gpu_h']:.1f}** | {cost['cpu_h']:.1f} |")
     lines.append(f"| disk | {sum(cost['slices'].values()):,} slices | store {disk['store_gb']:.0f} GB"
-                 f" + shards {disk['shards_kept_gb']:.0f} GB kept | | |")
+                 f" + NPZ shards {disk['shards_gb']:.0f} GB | | |")
     return "\n".join(lines) + "\n"
 
 

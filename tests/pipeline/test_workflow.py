@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 import shutil
@@ -71,6 +72,26 @@ def test_rerun_one_view_by_target_file(phantom_run):
     proc = snakemake(phantom_run, TINY, str(manifest.relative_to(phantom_run)))
     assert manifest.exists()
     assert "slice_case" not in proc.stderr.split("Job stats:")[-1]  # shards were up to date: only the manifest ran
+
+
+def test_without_kept_shards_the_disk_holds_the_stores_alone(tmp_path):
+    """preprocess.keep_shards false: the shards are temp(), gone once the stores are built; the study stays whole.
+    Rebuilding one view's store re-slices its modality, whose slicing writes every view, so that modality's three
+    stores are rebuilt (the other modality's are not) and its shards deleted again."""
+    config = copy.deepcopy(TINY)
+    config["preprocess"]["keep_shards"] = False
+    work = tmp_path / "run"
+    snakemake(work, config)
+    slices = work / "results/slices"
+    assert not list(slices.glob("*/*/*.npz"))
+    assert len(list(slices.glob("*/*/store/index.tsv"))) == 6
+    assert (work / "results/figures/slices_preview.png").stat().st_size > 10_000  # drawn from the stores
+    assert job_counts(snakemake(work, config, "-n")) == {}
+    before = (slices / "mri/axial/store/image.npy").stat().st_mtime_ns
+    proc = snakemake(work, config, "--forcerun", "results/slices/ct/axial/manifest.tsv")
+    assert job_counts(proc)["slice_case"] == 3 and job_counts(proc)["manifest"] == 3
+    assert not list(slices.glob("*/*/*.npz")) and (slices / "mri/axial/store/image.npy").stat().st_mtime_ns == before
+    assert job_counts(snakemake(work, config, "-n")) == {}
 
 
 def test_dry_run_and_lint_are_clean(phantom_run):

@@ -118,6 +118,12 @@ def case_input(wildcards):
     return {"image": row["image"], "label": row["label"]}
 
 
+def shard_outputs():
+    """A case's shards, one per view: temp() unless ``preprocess.keep_shards`` (the stores hold the same slices)."""
+    shards = expand("results/slices/{{modality}}/{view}/{{case}}.npz", view=VIEWS)
+    return shards if config["preprocess"]["keep_shards"] else temp(shards)
+
+
 def shards_of(wildcards):
     return expand(
         "results/slices/{modality}/{view}/{case}.npz",

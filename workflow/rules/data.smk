@@ -85,7 +85,7 @@ rule slice_case:
     input:
         unpack(case_input),
     output:
-        shards=expand("results/slices/{{modality}}/{view}/{{case}}.npz", view=VIEWS),
+        shards=shard_outputs(),
         previews=directory(expand("results/slices/{{modality}}/{view}/previews/{{case}}", view=VIEWS)),
     log:
         "logs/slices/{modality}/{case}.log",

@@ -26,6 +26,7 @@ SPEED_KEYS: dict[str, tuple[str, ...] | str] = {
     "diffusion.train": ("checkpoint_every", "compile"),
     "segmentor.train": ("checkpoint_every", "compile"),
     "sampling": ("batch_size", "chunks", "compile"),
+    "preprocess": ("keep_shards",),
 }
 
 
@@ -98,7 +99,7 @@ def preprocess_params(config: Mapping[str, Any], modality: str) -> dict[str, Any
         config: the validated workflow config.
         modality: ``ct`` or ``mri``.
     """
-    return {key: copy.deepcopy(value) for key, value in config["preprocess"].items()
+    return {key: copy.deepcopy(value) for key, value in _without_speed(config, "preprocess").items()
             if MODALITY_KEYS.get(key, modality) == modality}
 
 

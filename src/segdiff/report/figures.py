@@ -15,7 +15,6 @@ from matplotlib.colors import ListedColormap, hsv_to_rgb  # noqa: E402
 
 from segdiff.core.atomic import atomic_path  # noqa: E402
 from segdiff.core.labels import LabelMap  # noqa: E402
-from segdiff.data.shards import read_shard  # noqa: E402
 
 __all__ = ["label_colormap", "show_overlay", "slice_preview_figure", "loss_curve_figure", "loss_panels_figure",
            "generation_grid_figure", "generations_panel_figure", "oracle_vs_generated_figure", "dice_per_organ_figure",
@@ -66,35 +65,40 @@ def show_overlay(ax, image: np.ndarray, mask: np.ndarray | None, labels: LabelMa
     ax.set_yticks([])
 
 
-def _preview_slice(manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """The slice with most foreground of the first test case (else any case) that has slices."""
+def _preview_slice(manifest: pd.DataFrame, store: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """The slice with most foreground of the first test case (else any case) that has slices, read from the
+    subset's slice ``store`` (the shards may be gone: ``preprocess.keep_shards``)."""
+    from segdiff.data.store import SliceStore
+
     ranked = manifest[manifest["n_slices"] > 0].sort_values("split", key=lambda s: s != "test", kind="stable")
     if ranked.empty:
         return None
-    row = ranked.iloc[0]
-    shard = read_shard(row["shard"])
-    i = int(np.argmax(np.count_nonzero(shard.mask.reshape(len(shard.mask), -1), axis=1)))
-    return shard.image[i], shard.mask[i], f"{row['case']} [{int(shard.slice[i])}]"
+    case = str(ranked.iloc[0]["case"])
+    slices = SliceStore([store])
+    rows = slices.take(np.flatnonzero(slices.case == case))
+    i = int(np.argmax(np.count_nonzero(rows.mask.reshape(len(rows.mask), -1), axis=1)))
+    return rows.image[i], rows.mask[i], f"{case} [{int(rows.slice[i])}]"
 
 
 def slice_preview_figure(manifests: Sequence[str | Path], out: str | Path, labels: LabelMap) -> None:
     """Grid of image + mask overlays: one row per modality, one column per view.
 
     Args:
-        manifests: the subsets' manifest TSVs; each shows the slice with most foreground of its
-            first test case (else any case with slices).
+        manifests: the subsets' manifest TSVs, each beside its slice store (``store/``); each shows the
+            slice with most foreground of its first test case (else any case with slices).
         out: the image file to write.
         labels: the label map (the colours).
     """
     tables = [pd.read_csv(m, sep="\t") for m in manifests]
+    stores = [Path(m).parent / "store" for m in manifests]
     modalities = sorted({t["modality"].iloc[0] for t in tables if len(t)})
     views = list(dict.fromkeys(t["view"].iloc[0] for t in tables if len(t)))
     fig, axes = plt.subplots(len(modalities), len(views), figsize=(2.6 * len(views), 2.9 * len(modalities)), squeeze=False, layout="constrained")
-    for table in tables:
+    for table, store in zip(tables, stores):
         if table.empty:
             continue
         ax = axes[modalities.index(table["modality"].iloc[0])][views.index(table["view"].iloc[0])]
-        picked = _preview_slice(table)
+        picked = _preview_slice(table, store)
         if picked is None:
             ax.set_axis_off()
             ax.set_title(f"{table['modality'].iloc[0].upper()} {table['view'].iloc[0]}: no slice", fontsize=8)
