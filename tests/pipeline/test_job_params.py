@@ -41,8 +41,9 @@ def test_sampling_params_hold_only_what_the_sampler_uses(config):
     solver = copy.deepcopy(config)
     solver["sampling"]["sampler"] = "dpmpp_2m_sde"
     # DDIM: its eta, not the solver's spacing; DPM-Solver++: its spacing, not DDIM's eta
-    assert set(sampling_params(ddim)) == set(config["sampling"]) - {"batch_size", "chunks", "multimodal", "spacing"}
-    assert set(sampling_params(solver)) == set(config["sampling"]) - {"batch_size", "chunks", "multimodal", "eta"}
+    speed = {"batch_size", "chunks", "compile", "multimodal"}
+    assert set(sampling_params(ddim)) == set(config["sampling"]) - speed - {"spacing"}
+    assert set(sampling_params(solver)) == set(config["sampling"]) - speed - {"eta"}
     for section, ignored, used in ((ddim, "spacing", "eta"), (solver, "eta", "spacing")):
         other = copy.deepcopy(section)
         other["sampling"][ignored] = {"spacing": "linear", "eta": 0.25}[ignored]
@@ -63,8 +64,9 @@ def test_segmentor_params_and_recorded_config_leave_out_speed_keys(config):
     assert "compute" not in recorded and "batch_size" not in recorded["sampling"]
     assert recorded["diffusion"]["runs"] == config["diffusion"]["runs"]  # provenance records the runs
     assert _leaves(recorded) == _leaves(config) - {f"compute.{k}" for k in config["compute"]} - {
-        "sampling.batch_size", "sampling.chunks", "diffusion.train.checkpoint_every", "diffusion.train.compile",
-        "segmentor.train.checkpoint_every", "segmentor.train.compile"}
+        "sampling.batch_size", "sampling.chunks", "sampling.compile", "preprocess.keep_shards",
+        "diffusion.train.checkpoint_every", "diffusion.train.compile", "segmentor.train.checkpoint_every",
+        "segmentor.train.compile"}
     before = copy.deepcopy(config)
     recorded["diffusion"]["train"]["lr"] = 1.0
     assert config == before  # copies: nothing reaches back into Snakemake's config
@@ -80,7 +82,8 @@ def test_a_new_key_shapes_outputs_until_declared_a_speed_key(config):
 def test_speed_settings_are_what_the_params_leave_out(config):
     assert speed_settings(config, "compute") == config["compute"]
     assert speed_settings(config, "diffusion.train") == {"checkpoint_every": 200, "compile": False}
-    assert speed_settings(config, "sampling") == {"batch_size": 64, "chunks": 1}
+    assert speed_settings(config, "sampling") == {"batch_size": 64, "chunks": 1, "compile": False}
+    assert speed_settings(config, "preprocess") == {"keep_shards": True}
     for path, keys in SPEED_KEYS.items():  # every named speed key exists in the schema's defaults
         section = config
         for part in path.split("."):
@@ -92,7 +95,8 @@ def test_speed_settings_are_what_the_params_leave_out(config):
 
 def test_preprocess_params_leave_out_the_other_modalitys_intensities(config):
     ct, mri = preprocess_params(config, "ct"), preprocess_params(config, "mri")
-    assert set(ct) == set(config["preprocess"]) - {"mri_percentiles"} and set(mri) == set(config["preprocess"]) - {"ct_window"}
+    assert set(ct) == set(config["preprocess"]) - {"mri_percentiles", "keep_shards"}
+    assert set(mri) == set(config["preprocess"]) - {"ct_window", "keep_shards"}
     other = copy.deepcopy(config)
     other["preprocess"]["ct_window"] = [-100, 200]
     assert preprocess_params(other, "mri") == mri and preprocess_params(other, "ct") != ct

@@ -323,7 +323,7 @@ RERUNS = {
         {}),
     "`sampling.spacing` under DDIM (`eta` under DPM-Solver++): a setting the sampler ignores": (
         {"sampling": {"spacing": "linear"}},
-        {}),
+        {"provenance": 1}),
     "`sampling.steps`, `sampler`, `eta` (DDIM), `spacing` (DPM-Solver++)": (
         {"sampling": {"steps": 4}},
         {"sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
