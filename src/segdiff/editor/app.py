@@ -150,7 +150,7 @@ def _sampler_settings(results: Path):
     """The study's sampler (``results/provenance.json``: config.sampling), else the default study's."""
     from segdiff.sampling.samplers import SamplerSettings
 
-    sampling = {"sampler": "dpmpp_2m_sde", "steps": 10, "eta": 1.0, "spacing": "lambda", "batch_size": 64, "k": 4}
+    sampling = {"sampler": "ddim", "steps": 25, "eta": 1.0, "spacing": "lambda", "batch_size": 64, "k": 4}
     provenance = results / "provenance.json"
     if provenance.is_file():
         try:
