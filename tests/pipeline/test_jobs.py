@@ -52,6 +52,7 @@ def stand_in(config, params, input=None, output=None, wildcards=None):
 
 
 def test_sample_job_takes_the_sampler_from_params_and_the_batch_from_the_config(config):
+    config["sampling"]["sampler"] = "dpmpp_2m_sde"
     sampling = sampling_params(config)
     sampling["steps"] = 3  # the rule's params, not the config, shape the generations
     smk = stand_in(config, {"sampling": sampling, "max_slices": 32, "seed": 1234, "mode": "multimodal"},
