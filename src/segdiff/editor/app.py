@@ -146,9 +146,9 @@ def _discover(results: Path) -> dict[str, _Model]:
     return models
 
 
-def _sampler_settings(results: Path):
-    """The study's sampler (``results/provenance.json``: config.sampling), else the default study's."""
-    from segdiff.sampling.samplers import SamplerSettings
+def _sampler_settings(results: Path, device: torch.device):
+    """The study's sampler (``results/provenance.json``: config.sampling), else the default study's, on ``device``."""
+    from segdiff.pipeline.jobs import sampler_settings
 
     sampling = {"sampler": "ddim", "steps": 25, "eta": 1.0, "spacing": "lambda", "batch_size": 64, "k": 4}
     provenance = results / "provenance.json"
@@ -157,9 +157,7 @@ def _sampler_settings(results: Path):
             sampling.update(json.loads(provenance.read_text()).get("config", {}).get("sampling", {}))
         except (OSError, ValueError) as err:
             log.warning("%s: not readable (%s); default sampler", provenance, err)
-    settings = SamplerSettings(sampler=sampling["sampler"], steps=int(sampling["steps"]), eta=float(sampling["eta"]),
-                               spacing=str(sampling.get("spacing", "lambda")), batch_size=int(sampling["batch_size"]))
-    return settings, int(sampling["k"])
+    return sampler_settings(sampling, "auto", device), int(sampling["k"])
 
 
 def _label_map(models: dict[str, _Model]) -> LabelMap:
@@ -200,8 +198,8 @@ def create_app(results: str | Path = "results", device: str = "auto", settings: 
         raise InputError(results / "models" / "diffusion", "no diffusion model (*.pt) with a slice store: run the study first")
     labels = _label_map(models)
     colours = _colours(labels)
-    sampler, k_default = _sampler_settings(results)
     torch_device = pick_device(device)
+    sampler, k_default = _sampler_settings(results, torch_device)
     jobs: OrderedDict[str, _Job] = OrderedDict()
     job_ids = itertools.count(1)
     load_lock = threading.Lock()

@@ -223,7 +223,6 @@ def generate(
         net = torch.compile(model.to(memory_format=torch.channels_last))
     bf16 = native_bf16(device) if settings.bf16 is None else settings.bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    alphas = scheduler.alphas_cumprod.to(device)
 
     def predict(x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         with autocast:
@@ -254,15 +253,17 @@ def generate(
                 step_generators.append(g)
         if solver:
             noise = step_noise(step_generators, len(timesteps) - 1, x.shape[1:], device) if stochastic else None
-            x = dpm_solver_pp(lambda x_t, t: denoise(x_t, t, cond), x, timesteps, alphas, noise, tick)
-        for t in [] if solver else timesteps:
-            prediction = predict(x, t, cond)
-            if not stochastic:  # DDIM with eta 0: no noise
-                x, _ = scheduler.step(prediction, t, x)
-            else:
-                noise = torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=device) for g in step_generators])
-                x = stochastic_step(scheduler, prediction, t, x, noise, settings.eta)
-            tick()
+            x = dpm_solver_pp(lambda x_t, t: denoise(x_t, t, cond), x, timesteps, scheduler.alphas_cumprod, noise, tick)
+        else:
+            for t in timesteps:
+                prediction = predict(x, t, cond)
+                if not stochastic:  # DDIM with eta 0: no noise
+                    x, _ = scheduler.step(prediction, t, x)
+                else:
+                    noise = torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device=device)
+                                       for g in step_generators])
+                    x = stochastic_step(scheduler, prediction, t, x, noise, settings.eta)
+                tick()
         out[start : start + len(x)] = from_model_range(x)[:, 0].float().cpu().numpy()
     bar.close()
     return out

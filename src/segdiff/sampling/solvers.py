@@ -125,15 +125,17 @@ def dpm_solver_pp(
         raise ValueError(f"noise must be {(x.shape[0], len(timesteps) - 1, *x.shape[1:])}, got {tuple(noise.shape)}")
     a = alphas_cumprod.detach().double().cpu()
     alpha, sigma, lam = a.sqrt().tolist(), (1 - a).sqrt().tolist(), half_log_snr(alphas_cumprod).tolist()
-    x = x.float()
-    x0_prev, h_prev = None, None
-    for i, s in enumerate(timesteps):
-        x0 = denoise(x, int(s)).float()
+
+    def call(x: torch.Tensor, t: int) -> torch.Tensor:
+        x0 = denoise(x, t).float()
         if callback is not None:
             callback()
-        if i == len(timesteps) - 1:
-            return x0
-        t = int(timesteps[i + 1])
+        return x0
+
+    x = x.float()
+    x0_prev, h_prev = None, None
+    for i, (s, t) in enumerate(zip(map(int, timesteps[:-1]), map(int, timesteps[1:]))):
+        x0 = call(x, s)
         h = lam[t] - lam[s]
         d = x0 if x0_prev is None else x0 + (0.5 * h / h_prev) * (x0 - x0_prev)
         if noise is None:
@@ -142,4 +144,4 @@ def dpm_solver_pp(
             x = ((sigma[t] / sigma[s]) * math.exp(-h)) * x + (alpha[t] * -math.expm1(-2 * h)) * d \
                 + (sigma[t] * math.sqrt(-math.expm1(-2 * h))) * noise[:, i]
         x0_prev, h_prev = x0, h
-    return x0  # not reached: the last call returns
+    return call(x, int(timesteps[-1]))  # the step to sigma 0 is first order: the last call's x0
