@@ -69,17 +69,21 @@ def phantom_store(work: Path, cfg: dict, n_cases: int) -> tuple[Path, list[dict]
     return work / "slices/ct/axial/store", cases
 
 
-def oracle_figures(work: Path, cfg: dict, case: dict, test, images: np.ndarray, figure: Path | None) -> dict:
-    """Diversity of the k generations per held-out mask, and that of k oracle renders of the same slices (and
-    their picture side by side in ``figure``)."""
+def oracle_renders(work: Path, cfg: dict, case: dict, test) -> np.ndarray:
+    """k oracle renders (N, k, H, W) of the held-out slices ``test``: the same anatomy scanned again."""
     pre, k = cfg["preprocess"], cfg["sampling"]["k"]
     renders = render_oracle(case["case"], "ct", work / "phantom" / case["label"], PHANTOM, cfg["seed"], k,
                             load_label_map(cfg["dataset"]["labels"]), ["axial"], image_size=pre["image_size"],
                             min_foreground=MIN_FOREGROUND, ct_window=pre["ct_window"], mri_percentiles=pre["mri_percentiles"])
     path = work / "oracle/axial" / f"{case['case']}.npz"
     write_oracle(renders, {"axial": path})
-    oracle = gather_oracle([path], test.case, test.view, test.slice, mask=test.mask)  # checks the masks match
-    generated = images.reshape(len(test), k, *images.shape[1:])
+    return gather_oracle([path], test.case, test.view, test.slice, mask=test.mask)  # checks the masks match
+
+
+def oracle_figures(cfg: dict, oracle: np.ndarray, test, images: np.ndarray, figure: Path | None) -> dict:
+    """Diversity of the k generations per held-out mask, and that of the k ``oracle`` renders of the same slices
+    (and their picture side by side in ``figure``)."""
+    generated = images.reshape(len(test), cfg["sampling"]["k"], *images.shape[1:])
     div, div_oracle = diversity(generated, test.mask), diversity(oracle, test.mask)
     if figure:
         oracle_vs_generated_figure(oracle, generated, test.mask, load_label_map(cfg["dataset"]["labels"]), figure,
@@ -188,7 +192,8 @@ def main(argv=None):
                        sample_images_per_s=round(len(masks) / seconds, 2),
                        peak_gpu_memory_sample_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                        sample_std_across_k=round(float(images.reshape(-1, s["k"], *images.shape[1:]).std(axis=1).mean()), 4))
-        figures.update(oracle_figures(work, cfg, cases[-1], test, images, args.figure))
+        oracle = oracle_renders(work, cfg, cases[-1], test)  # once: every sampler cell compares with it
+        figures.update(oracle_figures(cfg, oracle, test, images, args.figure))
         dump()
         figures["grid"] = []
         for cell in args.grid:  # quality against NFE at 256 px: the k generations' spread against the oracle's
@@ -198,7 +203,7 @@ def main(argv=None):
             cell_images = generate(result.ema, scheduler, masks, seeds, denoiser.num_classes, settings_, device, desc=cell)
             seconds = time.perf_counter() - t0
             figures["grid"].append({"sampler": name, "nfe": int(nfe), "images_per_s": round(len(masks) / seconds, 2),
-                                    **oracle_figures(work, cfg, cases[-1], test, cell_images, None)})
+                                    **oracle_figures(cfg, oracle, test, cell_images, None)})
             dump()
         if cuda and args.throughput:
             figures["throughput"] = throughput(result.ema, scheduler, test.mask, denoiser.num_classes, sampler,
