@@ -21,13 +21,19 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/diffusion.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/usefulness.smk"
 
 
 onsuccess:
     # checkpoints stay until the workflow succeeds: a job killed after its last step resumes at the end
+    import sys
     from segdiff.core.checkpoints import remove_finished  # (torch: imported only here, not at every parse)
+    from segdiff.report.tables import quality_warnings
 
     remove_finished(PLAN.checkpoint_pairs())
+    # runs that fail the oracle-free quality gate (segdiff.evaluation.quality): one WARNING line per flag
+    for line in quality_warnings(PLAN.metrics_files()):
+        print(line, file=sys.stderr)
 
 
 rule all:

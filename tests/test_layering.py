@@ -27,9 +27,10 @@ LAYERS = {
     "models": 4,
     "sampling": 5,
     "evaluation": 6,
-    "pipeline": 7,
-    "editor": 8,
-    "cli": 9,
+    "usefulness": 7,  # train on generated, test on real: sampling, segmentor training and scoring
+    "pipeline": 8,
+    "editor": 9,
+    "cli": 10,
 }
 #: the top-level files of the package (not in a stage)
 TOP = {"__init__": -1, "_api": -1, "cli": LAYERS["cli"]}

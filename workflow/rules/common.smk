@@ -7,9 +7,9 @@ import pandas as pd
 
 from segdiff.core.errors import ConfigError
 from segdiff.core.labels import load_label_map, load_remap
-from segdiff.pipeline.config import validate_config
+from segdiff.pipeline.config import check_body, validate_config
 from segdiff.pipeline.job_params import diffusion_params, preprocess_params, recorded_config  # params of the rules
-from segdiff.pipeline.job_params import sampling_params, segmentor_params
+from segdiff.pipeline.job_params import sampling_params, segmentor_params, trainset_params
 from segdiff.pipeline.plan import StudyPlan
 from segdiff.sources.casesheet import assign_splits, read_case_sheet, sheet_from_amos, validate_case_sheet
 from segdiff.sources.download import AMOS_FOLDER
@@ -45,6 +45,10 @@ LABELS = load_label_map(config["dataset"]["labels"])
 if config["dataset"]["remap"]:
     load_remap(config["dataset"]["remap"], LABELS)
 
+#: preprocess.body: the masks carry the body envelope (id LABELS.body_id); mode sheet reads the sheet's column body
+BODY = config["preprocess"]["body"]["mode"]
+check_body(config, LABELS)
+
 #: dataset.mask_source totalvibe: TotalVibeSegmentator's labels of every image replace the sheet's label column
 TOTALVIBE = config["dataset"]["mask_source"] == "totalvibe"
 TOTALVIBE_MASK = "results/masks/totalvibe/{case}.nii.gz"
@@ -71,7 +75,7 @@ def _case_sheet() -> pd.DataFrame | None:
         rows = pd.DataFrame(rows, columns=["case", "modality", "split", "image", "label"])
         sheet = validate_case_sheet(rows, schema, "phantom plan", check_files=False)
     elif data["source"] == "sheet":
-        sheet = read_case_sheet(data["sheet"], schema, labels_required=not TOTALVIBE)
+        sheet = read_case_sheet(data["sheet"], schema, labels_required=not TOTALVIBE, body_required=BODY == "sheet")
     elif not Path(AMOS_ROOT, "dataset.json").is_file():
         return None
     else:
@@ -114,8 +118,24 @@ def cases_of(modality):
 
 
 def case_input(wildcards):
+    """A case's volumes: image, label (and its body mask in preprocess.body mode sheet)."""
     row = case_table().loc[wildcards.case]
-    return {"image": row["image"], "label": row["label"]}
+    return {"image": row["image"], "label": row["label"], **({"body": row["body"]} if BODY == "sheet" else {})}
+
+
+def oracle_input(wildcards):
+    """An oracle job's case files: its label (and its own image, which its body envelope is derived from)."""
+    row = case_table().loc[wildcards.case]
+    return {"label": row["label"], **({"image": row["image"]} if BODY != "off" else {})}
+
+
+def oracle_preprocess(wildcards):
+    """An oracle job's preprocess params: its contrast's, with the body envelope of the case's own modality."""
+    return preprocess_params(config, wildcards.contrast, body_modality=case_table().loc[wildcards.case, "modality"])
+
+
+#: params of a diffusion model that the body envelope adds (one more mask channel); none while it is off
+BODY_PARAMS = {"body": True} if BODY != "off" else {}
 
 
 def shard_outputs():
@@ -150,3 +170,16 @@ def run_stores(wildcards):
 def evaluation_inputs(wildcards):
     """Generations, segmentor, real test slices of the target modality and oracle renders of one run."""
     return PLAN.evaluation_inputs(wildcards.run)
+
+
+def usefulness_cases(wildcards):
+    """Per store of a usefulness segmentor, the cases it learns from (the few real cases; None: all)."""
+    case_table()
+    return PLAN.usefulness_cases(wildcards.modality, wildcards.trainset)
+
+
+def usefulness_label_files(wildcards):
+    """Case -> label volume of a modality's cases in ``segmentor.splits`` (the oracle training set's anatomy)."""
+    cases = cases_of(wildcards.modality)
+    cases = cases[cases["split"].isin(config["segmentor"]["splits"])]
+    return dict(zip(cases["case"], cases["label"]))

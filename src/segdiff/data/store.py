@@ -19,10 +19,12 @@ or not at all (:func:`segdiff.core.atomic.atomic_dir`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,9 +37,81 @@ from segdiff.data.dataset import SliceSet, stratified_subset
 from segdiff.core.errors import InputError
 from segdiff.data.shards import build_manifest, read_shard
 
-__all__ = ["write_store", "write_subset", "SliceStore", "STORE_FILES"]
+__all__ = ["StoreWriter", "write_store", "write_subset", "SliceStore", "STORE_FILES"]
 
 STORE_FILES = ("image.npy", "mask.npy", "index.tsv", "classes.json")
+
+
+class StoreWriter:
+    """Appends slices to a new store folder, one block in memory at a time; the folder appears whole
+    (with ``index.tsv`` and ``classes.json``) when the ``with`` block ends, or not at all.
+
+    Args:
+        out_dir: the store folder to write.
+        total: the number of slices that will be appended (the ``.npy`` headers are written first).
+        shape: (H, W) of every slice.
+        views: write a ``view`` column (the slices' own views: a store of generated slices may hold
+            several, and its folder is not named after one).
+    """
+
+    def __init__(self, out_dir: str | Path, total: int, shape: tuple[int, int], views: bool = False):
+        self.out_dir, self.total, self.shape, self.views = Path(out_dir), int(total), tuple(shape), views
+        self.rows: list[pd.DataFrame] = []
+        self.classes: dict[str, set[int]] = {}
+        self.written = 0
+
+    def __enter__(self) -> "StoreWriter":
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_dir(self.out_dir))
+        # plain appends, not a writable memory map: dirty mapped pages would count as the job's memory
+        self._files = [open(self._tmp / "image.npy", "wb"), open(self._tmp / "mask.npy", "wb")]
+        for f, dtype in zip(self._files, (np.float32, np.uint8)):
+            write_array_header_1_0(f, {"descr": dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                                       "shape": (self.total, *self.shape)})
+        return self
+
+    def append(self, image: np.ndarray, mask: np.ndarray, case, split, slice_index, view=None) -> None:
+        """Append a block of slices.
+
+        Args:
+            image: (B, H, W) in [0, 1].
+            mask: (B, H, W) label ids.
+            case: the case id of every slice (a scalar or (B,)).
+            split: the split of every slice (a scalar or (B,)).
+            slice_index: (B,) index of each slice along its view's axis.
+            view: the view of every slice (a scalar or (B,)); only with ``views``.
+        """
+        self._files[0].write(np.ascontiguousarray(image, np.float32).tobytes())
+        self._files[1].write(np.ascontiguousarray(mask, np.uint8).tobytes())
+        block = pd.DataFrame({"case": case, "split": split, "slice": np.asarray(slice_index, np.int64)})
+        if self.views:
+            block["view"] = view
+        self.rows.append(block)
+        for c in np.unique(block["case"].to_numpy(str)):
+            ids = np.unique(mask[block["case"].to_numpy(str) == c])
+            self.classes.setdefault(str(c), set()).update(int(i) for i in ids)
+        self.written += len(block)
+
+    def _finish(self) -> None:
+        if self.written != self.total:
+            raise InputError(self.out_dir, f"{self.written} slices appended, {self.total} announced")
+        columns = ["case", "split", "slice", *(["view"] if self.views else [])]
+        index = pd.concat(self.rows) if self.rows else pd.DataFrame(columns=columns)
+        index.to_csv(self._tmp / "index.tsv", sep="\t", index=False)
+        classes = {case: sorted(ids) for case, ids in self.classes.items()}
+        (self._tmp / "classes.json").write_text(json.dumps(classes) + "\n")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        for f in self._files:
+            f.close()
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException:
+                if not self._stack.__exit__(*sys.exc_info()):
+                    raise
+                return False
+        return bool(self._stack.__exit__(exc_type, exc, tb))
 
 
 def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = ".") -> Path:
@@ -58,12 +132,7 @@ def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = 
     total = int(manifest["n_slices"].sum())
     first = next((r for r in manifest.itertuples() if r.n_slices > 0), None)
     shape = read_shard(Path(root) / first.shard).image.shape[1:] if first is not None else (0, 0)
-    rows, classes = [], {}
-    with atomic_dir(out_dir) as tmp, open(tmp / "image.npy", "wb") as images, open(tmp / "mask.npy", "wb") as masks:
-        # plain appends, not a writable memory map: dirty mapped pages would count as the job's memory
-        for f, dtype in ((images, np.float32), (masks, np.uint8)):
-            write_array_header_1_0(f, {"descr": dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                                       "shape": (total, *shape)})
+    with StoreWriter(out_dir, total, shape) as writer:
         for row in manifest.itertuples():
             path = Path(root) / row.shard
             shard = read_shard(path)
@@ -71,13 +140,8 @@ def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = 
             if n != row.n_slices or (n and shard.image.shape[1:] != shape):
                 raise InputError(path, f"{n} slices of {shard.image.shape[1:]} but the manifest says {row.n_slices} "
                                        f"of {shape} (re-run the manifest)")
-            images.write(np.ascontiguousarray(shard.image, np.float32).tobytes())
-            masks.write(np.ascontiguousarray(shard.mask, np.uint8).tobytes())
-            rows.append(pd.DataFrame({"case": row.case, "split": row.split, "slice": shard.slice}))
-            classes[str(row.case)] = sorted(int(c) for c in np.unique(shard.mask))
-        index = pd.concat(rows) if rows else pd.DataFrame(columns=["case", "split", "slice"])
-        index.to_csv(tmp / "index.tsv", sep="\t", index=False)
-        (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
+            writer.append(shard.image, shard.mask, row.case, row.split, shard.slice)
+            writer.classes.setdefault(str(row.case), set())  # a case without slices still has an entry
     return out_dir
 
 
@@ -155,28 +219,38 @@ class SliceStore:
     Args:
         folders: store folders (``results/slices/{modality}/{view}/store``) of slices of one size.
         splits: the splits to keep (all when None).
+        cases: per folder, the cases to keep (None: all); None keeps every case of every folder (e.g. a
+            few real cases and every generated slice: ``[few, few, few, None, None, None]``).
 
     Raises:
         InputError: a folder that is not a complete store, stores of different slice sizes, or no
             slices in ``splits``.
     """
 
-    def __init__(self, folders: Sequence[str | Path], splits: Sequence[str] | None = None):
+    def __init__(self, folders: Sequence[str | Path], splits: Sequence[str] | None = None,
+                 cases: Sequence[Sequence[str] | None] | None = None):
         self.folders = [Path(f) for f in folders]
         self.splits = None if splits is None else list(splits)
+        if cases is not None and len(cases) != len(self.folders):
+            raise ValueError(f"cases: one entry per folder ({len(self.folders)}), got {len(cases)}")
+        self.cases = None if cases is None else [None if c is None else sorted(map(str, c)) for c in cases]
         tables, classes, shape = [], {}, None
         for number, folder in enumerate(self.folders):
             missing = [name for name in STORE_FILES if not (folder / name).exists()]
             if missing:
                 raise InputError(folder, f"not a slice store (missing {missing}; re-run the manifest rule)")
             table = pd.read_csv(folder / "index.tsv", sep="\t", dtype={"case": str, "split": str})
-            table["store"], table["row"], table["view"] = number, np.arange(len(table)), folder.parent.name
+            # a store of generated slices names each row's view (its folder is not ``.../{view}/store``)
+            view = table["view"].astype(str) if "view" in table else folder.parent.name
+            table["store"], table["row"], table["view"] = number, np.arange(len(table)), view
             images = np.load(folder / "image.npy", mmap_mode="r")
             if len(images) != len(table):
                 raise InputError(folder, f"image.npy holds {len(images)} slices, index.tsv {len(table)}")
             if len(images) and shape not in (None, images.shape[1:]):
                 raise InputError(folder, f"slices of {images.shape[1:]}, other stores {shape}")
             shape = images.shape[1:] if len(images) else shape
+            if self.cases is not None and self.cases[number] is not None:
+                table = table[table["case"].isin(self.cases[number])]
             tables.append(table)
             for case, ids in json.loads((folder / "classes.json").read_text()).items():
                 classes.setdefault(case, set()).update(ids)
@@ -188,6 +262,7 @@ class SliceStore:
         self.case = table["case"].to_numpy(str)
         self.slice = table["slice"].to_numpy(np.int32)
         self.view = table["view"].to_numpy(str)
+        self.split = table["split"].to_numpy(str)
         self._store = table["store"].to_numpy(np.int64)
         self._row = table["row"].to_numpy(np.int64)
         self.shape: tuple[int, int] = tuple(shape)
@@ -205,7 +280,8 @@ class SliceStore:
         view, its ``index.tsv`` and ``classes.json``, the byte sizes of its arrays and the bytes of
         ``sample_rows`` evenly spaced rows of each (a re-slice with other intensities changes them).
         Not a hash of the arrays: at AMOS scale they hold 80 GB."""
-        digest = hashlib.sha256(json.dumps({"splits": self.splits}).encode())
+        chosen = {"splits": self.splits} if self.cases is None else {"splits": self.splits, "cases": self.cases}
+        digest = hashlib.sha256(json.dumps(chosen).encode())
         for folder, (image, mask) in zip(self.folders, self._open()):
             digest.update(folder.parent.name.encode())
             for name in ("index.tsv", "classes.json"):

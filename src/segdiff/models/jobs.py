@@ -47,6 +47,7 @@ class DiffusionTrainJob:
         model: the model file to write.
         loss: the loss history CSV to write.
         figure: the loss curve PNG to write.
+        body_id: the body envelope's id when the masks carry it (one more mask channel of ``denoiser``), else None.
     """
 
     modality: str
@@ -65,6 +66,7 @@ class DiffusionTrainJob:
     model: str | Path
     loss: str | Path
     figure: str | Path
+    body_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class SegmentorTrainJob:
         world_size: data-parallel processes (:func:`segdiff.core.distributed.job_world_size`).
         model: the model file to write.
         loss: the loss history CSV to write.
+        cases: per store, the cases it learns from (None: all; :class:`~segdiff.data.store.SliceStore`).
     """
 
     modality: str
@@ -102,13 +105,15 @@ class SegmentorTrainJob:
     world_size: int
     model: str | Path
     loss: str | Path
+    cases: Sequence[Sequence[str] | None] | None = None
 
 
 def train_diffusion(job: DiffusionTrainJob) -> None:
     """Train the diffusion model of ``job`` and write its model file, loss history and loss curve.
 
-    The model's meta records the modality, view, number of training slices, label names, seed and
-    the organ ids seen in training (``classes_seen``: multi-modal sampling sets the others to background).
+    The model's meta records the modality, view, number of training slices, label names, seed,
+    the ids seen in training (``classes_seen``: multi-modal sampling sets the others to background) and
+    the body envelope's id (``body_id``, None without the envelope).
 
     Args:
         job: the model to train and its files.
@@ -122,7 +127,7 @@ def train_diffusion(job: DiffusionTrainJob) -> None:
     if not is_main_process():  # a rank under torchrun: rank 0 writes the outputs
         return
     meta = {"modality": job.modality, "view": job.view, "train_slices": len(slices), "labels": job.labels.names,
-            "seed": job.train.seed, "classes_seen": slices.classes}
+            "seed": job.train.seed, "classes_seen": slices.classes, "body_id": job.body_id}
     save_diffusion(job.model, result.ema, job.scheduler, meta)
     write_history(result.history, job.loss)
     loss_curve_figure({f"{job.modality} {job.view}": job.loss}, job.figure, "diffusion training loss")
@@ -134,7 +139,7 @@ def train_segmentor(job: SegmentorTrainJob) -> None:
     Args:
         job: the model to train and its files.
     """
-    slices = SliceStore(job.stores, job.splits)
+    slices = SliceStore(job.stores, job.splits, job.cases)
     result = fit_segmentor(slices, job.config, job.train, job.batch_size, job.checkpoint, job.device,
                            desc=f"segmentor {job.modality}", augmentation=job.augmentation, loader=job.loader,
                            world_size=job.world_size, resume_key={"labels": job.labels.names})

@@ -18,7 +18,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SPEED_KEYS", "MODALITY_KEYS", "diffusion_params", "preprocess_params", "segmentor_params", "sampling_params", "recorded_config", "speed_settings"]
+__all__ = ["SPEED_KEYS", "MODALITY_KEYS", "diffusion_params", "preprocess_params", "segmentor_params", "sampling_params", "trainset_params", "body_params", "recorded_config", "speed_settings"]
 
 #: section -> keys of speed and placement (``"*"``: the whole section)
 SPEED_KEYS: dict[str, tuple[str, ...] | str] = {
@@ -87,20 +87,60 @@ def sampling_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+def trainset_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What shapes a generated training set: :func:`sampling_params` without ``k`` (one generation per mask).
+
+    Args:
+        config: the validated workflow config.
+    """
+    params = sampling_params(config)
+    params.pop("k", None)
+    return params
+
+
 #: preprocess key -> the one modality whose intensities it normalises
 MODALITY_KEYS = {"ct_window": "ct", "mri_percentiles": "mri"}
 
 
-def preprocess_params(config: Mapping[str, Any], modality: str) -> dict[str, Any]:
+def body_params(config: Mapping[str, Any], modality: str) -> dict[str, Any] | None:
+    """What shapes the body envelope of one modality's cases (``preprocess.body``): None when it is off;
+    the mode, and in mode ``threshold`` that modality's threshold (the MRI one with the
+    ``mri_percentiles`` it applies to), and ``modality``.
+
+    Args:
+        config: the validated workflow config.
+        modality: ``ct`` or ``mri``: the modality of the cases (not of an oracle render's contrast).
+    """
+    body = config["preprocess"].get("body") or {}
+    mode = body.get("mode", "off")
+    if mode == "off":
+        return None
+    params = {"mode": mode, "modality": modality}
+    if mode == "threshold" and modality == "ct":
+        params["ct_threshold_hu"] = body["ct_threshold_hu"]
+    elif mode == "threshold":
+        params.update(mri_threshold=body["mri_threshold"], mri_percentiles=list(config["preprocess"]["mri_percentiles"]))
+    return params
+
+
+def preprocess_params(config: Mapping[str, Any], modality: str, body_modality: str | None = None) -> dict[str, Any]:
     """What shapes the slices (or oracle renders) of one modality: ``preprocess`` without the other
-    modality's intensity setting (a new CT window must not re-slice the MRI cases).
+    modality's intensity setting (a new CT window must not re-slice the MRI cases), its ``body`` narrowed
+    by :func:`body_params` (absent while the envelope is off: a study sliced before the envelope existed
+    keeps its params).
 
     Args:
         config: the validated workflow config.
         modality: ``ct`` or ``mri``.
+        body_modality: the modality of the cases whose envelope applies (an oracle render of a CT case in
+            MRI contrast keeps the CT case's envelope); ``modality`` when None.
     """
-    return {key: copy.deepcopy(value) for key, value in _without_speed(config, "preprocess").items()
-            if MODALITY_KEYS.get(key, modality) == modality}
+    params = {key: copy.deepcopy(value) for key, value in _without_speed(config, "preprocess").items()
+              if MODALITY_KEYS.get(key, modality) == modality and key != "body"}
+    body = body_params(config, body_modality or modality)
+    if body is not None:
+        params["body"] = body
+    return params
 
 
 def recorded_config(config: Mapping[str, Any]) -> dict[str, Any]:

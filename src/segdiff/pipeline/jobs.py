@@ -12,7 +12,10 @@ a builder here turns the rule's ``params``, ``input``, ``output`` and ``wildcard
 - :func:`oracle_job` -> :class:`~segdiff.data.oracle.OracleJob` -> :func:`segdiff.data.oracle.case_oracle`;
 - :func:`slice_case_job` -> :class:`~segdiff.data.jobs.SliceCaseJob` -> :func:`segdiff.data.jobs.slice_case`;
 - :func:`evaluation_figures_job` -> :class:`~segdiff.evaluation.figures.EvaluationFiguresJob` ->
-  :func:`segdiff.evaluation.figures.evaluation_figures`.
+  :func:`segdiff.evaluation.figures.evaluation_figures`;
+- :func:`trainset_job`, :func:`oracle_trainset_job`, :func:`score_job` -> the usefulness experiment's
+  :func:`segdiff.usefulness.trainset.sample_trainset`, :func:`~segdiff.usefulness.trainset.oracle_trainset`,
+  :func:`segdiff.usefulness.score.score_segmentor`.
 
 The other scripts pass a few params and files straight to one library function.
 
@@ -45,9 +48,12 @@ if TYPE_CHECKING:
     from segdiff.evaluation.figures import EvaluationFiguresJob
     from segdiff.sampling.experiments import GatherJob, SampleJob
     from segdiff.sampling.samplers import SamplerSettings
+    from segdiff.usefulness.score import ScoreJob
+    from segdiff.usefulness.trainset import OracleTrainsetJob, TrainsetJob
 
 __all__ = ["sampler_settings", "sample_job", "gather_job", "evaluation_job", "oracle_job", "diffusion_train_job",
-           "segmentor_train_job", "slice_case_job", "evaluation_figures_job"]
+           "segmentor_train_job", "slice_case_job", "evaluation_figures_job", "trainset_job", "oracle_trainset_job",
+           "score_job"]
 
 
 def _paths(files: Any) -> tuple[str, ...]:
@@ -90,7 +96,8 @@ def sample_job(snakemake: Any) -> SampleJob:
 
     Args:
         snakemake: the job's ``snakemake`` object: params ``sampling`` (sampler, steps, eta, k),
-            ``mode``, ``max_slices``, ``seed``; input ``model``, ``stores``; output ``part``; wildcard
+            ``mode``, ``max_slices``, ``seed`` and (multi-modal) ``min_foreground``; input ``model``, ``stores``;
+            output ``part``; wildcard
             ``scatteritem`` (``i-of-n``, Snakemake's scattergather; ``n`` follows ``--set-scatter sample=N``);
             config ``sampling.batch_size``, ``compute.device``, ``compute.precision``.
 
@@ -107,7 +114,8 @@ def sample_job(snakemake: Any) -> SampleJob:
     return SampleJob(model=str(snakemake.input.model), stores=_paths(snakemake.input.stores), mode=p.mode,
                      sampler=sampler_settings(sampling, speed_settings(config, "compute")["precision"], device),
                      k=p.sampling["k"], max_slices=p.max_slices, seed=p.seed, device=device,
-                     out=str(snakemake.output.part), chunk=chunk - 1, chunks=chunks)
+                     out=str(snakemake.output.part), chunk=chunk - 1, chunks=chunks,
+                     min_foreground=getattr(p, "min_foreground", 0))  # multi-modal only
 
 
 def gather_job(snakemake: Any) -> GatherJob:
@@ -129,7 +137,7 @@ def gather_job(snakemake: Any) -> GatherJob:
     optional = {key: str(getattr(o, key)) if hasattr(o, key) else None
                 for key in ("reconstruction", "reconstruction_grid")}
     return GatherJob(parts=_paths(snakemake.input.parts), labels=load_label_map(snakemake.params.labels),
-                     out=str(o.samples), grid=str(o.grid), **optional,
+                     out=str(o.samples), grid=str(o.grid), **optional, source=getattr(w, "source", ""),
                      title=f"{getattr(w, 'source', w.modality)} masks -> {w.modality} model ({w.view})")
 
 
@@ -161,21 +169,27 @@ def oracle_job(snakemake: Any) -> OracleJob:
 
     Args:
         snakemake: the job's ``snakemake`` object: params ``phantom``, ``seed``, ``k``, ``labels``,
-            ``preprocess`` (that contrast's); input ``label``; output ``renders``; wildcards ``case``,
-            ``contrast``.
+            ``preprocess`` (that contrast's, with the case's modality's ``body`` while the envelope is on);
+            input ``label`` (and ``image``, the case's own, while the envelope is on); output ``renders``;
+            wildcards ``case``, ``contrast``.
 
     Returns:
         The :class:`~segdiff.data.oracle.OracleJob`.
     """
     from segdiff.core.labels import load_label_map
+    from segdiff.data.body import BodySettings
     from segdiff.data.oracle import OracleJob
 
     p, w = snakemake.params, snakemake.wildcards
     pre = p.preprocess
+    body = pre.get("body")
+    image = getattr(snakemake.input, "image", None)
     return OracleJob(case=w.case, contrast=w.contrast, label_path=str(snakemake.input.label), phantom=p.phantom,
                      seed=p.seed, k=p.k, labels=load_label_map(p.labels), image_size=pre["image_size"],
                      min_foreground=pre["min_foreground"], ct_window=pre.get("ct_window"),
-                     mri_percentiles=pre.get("mri_percentiles"), outputs=_paths(snakemake.output.renders))
+                     mri_percentiles=pre.get("mri_percentiles"), outputs=_paths(snakemake.output.renders),
+                     body=BodySettings.from_params(body), case_image=None if image is None else str(image),
+                     case_modality=body["modality"] if body else None)
 
 
 def slice_case_job(snakemake: Any) -> SliceCaseJob:
@@ -183,7 +197,8 @@ def slice_case_job(snakemake: Any) -> SliceCaseJob:
 
     Args:
         snakemake: the job's ``snakemake`` object: params ``labels``, ``remap`` (empty: none),
-            ``preprocess`` (that modality's); input ``image``, ``label``; output ``shards``,
+            ``preprocess`` (that modality's; ``body`` while the envelope is on); input ``image``, ``label``
+            (and ``body``, the case's body mask, in envelope mode sheet); output ``shards``,
             ``previews`` (one per view, ``results/slices/{modality}/{view}/...``); wildcards ``case``,
             ``modality``.
 
@@ -191,18 +206,22 @@ def slice_case_job(snakemake: Any) -> SliceCaseJob:
         The :class:`~segdiff.data.jobs.SliceCaseJob`.
     """
     from segdiff.core.labels import load_label_map, load_remap
+    from segdiff.data.body import BodySettings
     from segdiff.data.jobs import SliceCaseJob
 
     p, o, w = snakemake.params, snakemake.output, snakemake.wildcards
     labels = load_label_map(p.labels)
     pre = p.preprocess
     views = [Path(shard).parent.name for shard in o.shards]
+    body_mask = getattr(snakemake.input, "body", None)
+    body_mask = None if body_mask is None else str(body_mask)
     return SliceCaseJob(case=w.case, modality=w.modality, image=str(snakemake.input.image),
                         label=str(snakemake.input.label), labels=labels,
                         remap=load_remap(p.remap, labels) if p.remap else None,
                         shards=dict(zip(views, _paths(o.shards))), previews=dict(zip(views, _paths(o.previews))),
                         image_size=pre["image_size"], min_foreground=pre["min_foreground"], ct_window=pre.get("ct_window"),
-                        mri_percentiles=pre.get("mri_percentiles"), previews_per_case=pre["previews_per_case"])
+                        mri_percentiles=pre.get("mri_percentiles"), previews_per_case=pre["previews_per_case"],
+                        body=BodySettings.from_params(pre.get("body")), body_mask=body_mask)
 
 
 def evaluation_figures_job(snakemake: Any) -> EvaluationFiguresJob:
@@ -251,7 +270,8 @@ def diffusion_train_job(snakemake: Any) -> DiffusionTrainJob:
 
     Args:
         snakemake: the job's ``snakemake`` object: params ``diffusion`` (conditioning, ``ablation_p``,
-            model, scheduler, train), ``labels``, ``seed``, ``checkpoint``; input ``stores``; output
+            model, scheduler, train), ``labels``, ``seed``, ``checkpoint`` (and ``body``: true while the masks
+            carry the body envelope, whose id then is one more mask channel); input ``stores``; output
             ``model``, ``loss``, ``figure``; wildcards ``modality``, ``view``; config
             ``diffusion.train.checkpoint_every``, ``diffusion.train.compile`` and ``compute.*``.
 
@@ -266,12 +286,13 @@ def diffusion_train_job(snakemake: Any) -> DiffusionTrainJob:
     labels = load_label_map(p.labels)
     placement = _train_placement(snakemake.config)
     train, batch_size = _train_settings(cfg["train"], snakemake.config, "diffusion", p.seed, placement["device"])
+    body_id = labels.body_id if getattr(p, "body", False) else None
     return DiffusionTrainJob(
         modality=w.modality, view=w.view, stores=_paths(snakemake.input.stores), labels=labels,
-        denoiser=DenoiserConfig(num_classes=labels.max_id + 1, conditioning=cfg["conditioning"], **cfg["model"]),
+        denoiser=DenoiserConfig(num_classes=(body_id or labels.max_id) + 1, conditioning=cfg["conditioning"], **cfg["model"]),
         scheduler=SchedulerConfig(**cfg["scheduler"]), train=train, batch_size=batch_size,
         ablation_p=cfg["ablation_p"], checkpoint=p.checkpoint, **placement, model=str(o.model), loss=str(o.loss),
-        figure=str(o.figure))
+        figure=str(o.figure), body_id=body_id)
 
 
 def segmentor_train_job(snakemake: Any) -> SegmentorTrainJob:
@@ -279,7 +300,8 @@ def segmentor_train_job(snakemake: Any) -> SegmentorTrainJob:
 
     Args:
         snakemake: the job's ``snakemake`` object: params ``segmentor`` (splits, model, train with
-            ``augment``), ``labels``, ``seed``, ``checkpoint``; input ``stores``; output ``model``,
+            ``augment``), ``labels``, ``seed``, ``checkpoint`` and (usefulness segmentors) ``cases``, the
+            cases kept of each store; input ``stores``; output ``model``,
             ``loss``; wildcard ``modality``; config ``segmentor.train.checkpoint_every``,
             ``segmentor.train.compile`` and ``compute.*``.
 
@@ -297,6 +319,75 @@ def segmentor_train_job(snakemake: Any) -> SegmentorTrainJob:
                                                       placement["device"], "augment")
     return SegmentorTrainJob(
         modality=snakemake.wildcards.modality, stores=_paths(snakemake.input.stores), splits=cfg["splits"],
+        cases=getattr(p, "cases", None),
         labels=labels, config=SegmentorConfig(num_classes=labels.max_id + 1, **cfg["model"]), train=train,
         batch_size=batch_size, augmentation=augmentation, checkpoint=p.checkpoint, **placement, model=str(o.model),
         loss=str(o.loss))
+
+
+def trainset_job(snakemake: Any) -> TrainsetJob:
+    """One part of a generated training set (rule ``sample_trainset``).
+
+    Args:
+        snakemake: the job's ``snakemake`` object: params ``sampling`` (sampler, steps, eta, spacing),
+            ``splits``, ``seed``; input ``model``, ``store``; output ``store``; wildcard ``part``
+            (``i-of-n``); config ``sampling.batch_size``, ``compute.*``.
+
+    Returns:
+        The :class:`~segdiff.usefulness.trainset.TrainsetJob`.
+    """
+    from segdiff.sampling.chunks import scatter_item
+    from segdiff.usefulness.trainset import TrainsetJob
+
+    p, config = snakemake.params, snakemake.config
+    chunk, chunks = scatter_item(snakemake.wildcards.part)
+    device = _device(config)
+    sampling = {**p.sampling, **speed_settings(config, "sampling")}
+    return TrainsetJob(model=str(snakemake.input.model), store=str(snakemake.input.store), splits=list(p.splits),
+                       sampler=sampler_settings(sampling, speed_settings(config, "compute")["precision"], device),
+                       seed=p.seed, device=device, out=str(snakemake.output.store), chunk=chunk - 1, chunks=chunks)
+
+
+def oracle_trainset_job(snakemake: Any) -> OracleTrainsetJob:
+    """Oracle renders of a modality's train + val cases as stores (rule ``oracle_trainset``).
+
+    Args:
+        snakemake: the job's ``snakemake`` object: params ``phantom``, ``seed``, ``labels``, ``splits``,
+            ``preprocess`` (the modality's), ``label_files`` (case -> label volume); input ``stores``;
+            output ``stores``; wildcard ``modality``.
+
+    Returns:
+        The :class:`~segdiff.usefulness.trainset.OracleTrainsetJob`.
+    """
+    from segdiff.core.labels import load_label_map
+    from segdiff.usefulness.trainset import OracleTrainsetJob
+
+    p = snakemake.params
+    pre = dict(p.preprocess)
+    views = [Path(s).parent.name for s in snakemake.input.stores]
+    common = {key: pre.pop(key, None) for key in ("image_size", "min_foreground", "ct_window", "mri_percentiles")}
+    for key in ("keep_shards", "previews_per_case"):
+        pre.pop(key, None)
+    return OracleTrainsetJob(modality=snakemake.wildcards.modality, cases=dict(p.label_files),
+                             stores=dict(zip(views, _paths(snakemake.input.stores))), splits=list(p.splits),
+                             phantom=p.phantom, seed=p.seed, labels=load_label_map(p.labels), **common,
+                             outputs=dict(zip(views, _paths(snakemake.output.stores))), preprocess=pre)
+
+
+def score_job(snakemake: Any) -> ScoreJob:
+    """One usefulness segmentor scored on the real test split (rule ``score_usefulness``).
+
+    Args:
+        snakemake: the job's ``snakemake`` object: params ``labels``; input ``segmentor``, ``stores``;
+            output ``metrics``; wildcards ``modality``, ``trainset``; config ``compute.device``.
+
+    Returns:
+        The :class:`~segdiff.usefulness.score.ScoreJob`.
+    """
+    from segdiff.core.labels import load_label_map
+    from segdiff.usefulness.score import ScoreJob
+
+    w = snakemake.wildcards
+    return ScoreJob(trainset=w.trainset, modality=w.modality, segmentor=str(snakemake.input.segmentor),
+                    stores=_paths(snakemake.input.stores), labels=load_label_map(snakemake.params.labels),
+                    device=_device(snakemake.config), out_dir=str(Path(snakemake.output.metrics).parent))

@@ -29,6 +29,7 @@ from segdiff.pipeline.job_memory import (
 )
 from segdiff.report.tables import run_label
 from segdiff.sampling.chunks import largest_chunk, scatter_item
+from segdiff.usefulness.sets import few_real_cases, uses_generated, uses_real
 
 __all__ = ["StudyPlan", "MODALITIES_BEFORE_DOWNLOAD", "TEST_CASES_BEFORE_DOWNLOAD"]
 
@@ -55,6 +56,10 @@ class StudyPlan:
         oracle: whether oracle renders exist (the phantom with its own labels only).
         oracle_figure_runs: modality -> the run (its first model) shown in its oracle figure; empty
             without oracle.
+        usefulness_sets: the usefulness experiment's training sets (``real`` first; ``oracle`` only with
+            oracle renders).
+        usefulness_modalities: modalities with a usefulness experiment: a segmentor, and a diffusion model
+            for every slice view (the view's own, else the modality's all-views model).
         train_processes: processes of a training job: one per GPU, data-parallel, when
             ``compute.gpus`` > 1 (as ``segdiff.core.distributed.job_world_size`` decides inside the
             job; the planning node may have no GPU).
@@ -88,6 +93,14 @@ class StudyPlan:
         dataset = config["dataset"]
         self.oracle = dataset["source"] == "phantom" and dataset["mask_source"] != "totalvibe"
         self.oracle_figure_runs = {m: f"{m}_{v}" for m, v in reversed(self.model_runs)} if self.oracle else {}
+        useful = config["usefulness"]
+        self.usefulness_sets = ["real", *[s for s in useful["sets"] if s != "oracle" or self.oracle]]
+        self.usefulness_modalities = [m for m in self.segmentor_modalities()
+                                      if all(self._generator(m, v) for v in self.views)]
+        if useful["in_all"] and self.usefulness_modalities != self.segmentor_modalities():
+            missing = sorted(set(self.segmentor_modalities()) - set(self.usefulness_modalities))
+            raise ConfigError("usefulness.in_all", f"{missing}: the generated training set needs a diffusion model of "
+                              "every view in 'views' (or of view all) in diffusion.runs")
 
         compute = config["compute"]
         self.train_processes = compute["gpus"] if compute["gpus"] > 1 and compute["device"] != "cpu" else 1
@@ -123,6 +136,14 @@ class StudyPlan:
                 raise ConfigError(f"sampling.multimodal.{i}", f"no {source} case in the dataset")
             runs.append((source, target, view))
         return runs
+
+    def _generator(self, modality: str, view: str) -> str | None:
+        """The diffusion model that draws the generated training slices of a slice view: the view's own,
+        else the modality's all-views model (None: neither is in ``diffusion.runs``)."""
+        for run in ((modality, view), (modality, "all")):
+            if run in self.model_runs:
+                return "results/models/diffusion/{}_{}.pt".format(*run)
+        return None
 
     # ---- files
 
@@ -209,7 +230,9 @@ class StudyPlan:
             Diffusion models first, then the segmentors.
         """
         pairs = [(f"checkpoints/diffusion/{m}_{v}.ckpt", f"results/models/diffusion/{m}_{v}.pt") for m, v in self.model_runs]
-        return pairs + [(f"checkpoints/segmentor/{m}.ckpt", f"results/models/segmentor/{m}.pt") for m in self.segmentor_modalities()]
+        pairs += [(f"checkpoints/segmentor/{m}.ckpt", f"results/models/segmentor/{m}.pt") for m in self.segmentor_modalities()]
+        return pairs + [(f"checkpoints/usefulness/{m}_{s}.ckpt", self.usefulness_segmentor(m, s))
+                        for m in self.usefulness_modalities for s in self.usefulness_sets if s != "real"]
 
     def loss_logs(self) -> list[str]:
         """Loss logs of every model (diffusion first).
@@ -253,13 +276,130 @@ class StudyPlan:
                 *[f"results/figures/oracle_vs_generated_{m}.png" for m in sorted(self.oracle_figure_runs)]]
 
     def all_outputs(self) -> list[str]:
-        """The targets of ``rule all``: the whole study.
+        """The targets of ``rule all``: the whole study (the usefulness experiment with ``usefulness.in_all``).
 
         Returns:
             Paths.
         """
+        useful = self.usefulness_outputs() if self.config["usefulness"]["in_all"] else []
         return ["results/data/cases.tsv", *self.manifests(), "results/figures/slices_preview.png",
-                *self.diffusion_outputs(), *self.evaluation_outputs(), "results/provenance.json"]
+                *self.diffusion_outputs(), *self.evaluation_outputs(), *useful, "results/provenance.json"]
+
+    # ---- the usefulness experiment (train on generated, test on real)
+
+    def generator_model(self, modality: str, view: str) -> str:
+        """The diffusion model file that draws the generated training slices of a slice view.
+
+        Args:
+            modality: the modality.
+            view: a slice view.
+
+        Returns:
+            ``results/models/diffusion/{modality}_{view or all}.pt``.
+
+        Raises:
+            ConfigError: no model of that view nor of view ``all`` in ``diffusion.runs``.
+        """
+        model = self._generator(modality, view)
+        if model is None:
+            raise ConfigError("diffusion.runs", f"the usefulness experiment needs a {modality} model of view {view} or all")
+        return model
+
+    def trainset_parts(self) -> list[str]:
+        """The chunk jobs of a generated training set of one view (``sampling.chunks``): ``i-of-n``."""
+        n = self.config["sampling"]["chunks"]
+        return [f"{i}-of-{n}" for i in range(1, n + 1)]
+
+    def usefulness_stores(self, modality: str, trainset: str) -> list[str]:
+        """The store folders a usefulness segmentor learns from (its ``splits`` of each).
+
+        Args:
+            modality: the modality.
+            trainset: a training set of :attr:`usefulness_sets`.
+
+        Returns:
+            Real stores of every view, then the generated parts (view-major), or the oracle stores.
+        """
+        if trainset == "oracle":
+            return [f"results/usefulness/{modality}/oracle/{v}" for v in self.views]
+        real = [f"results/slices/{modality}/{v}/store" for v in self.views] if uses_real(trainset) else []
+        generated = [f"results/usefulness/{modality}/generated/{v}/{part}" for v in self.views
+                     for part in self.trainset_parts()] if uses_generated(trainset) else []
+        return real + generated
+
+    def few_real(self, modality: str) -> list[str]:
+        """The real cases of ``few_real_generated`` (:func:`~segdiff.usefulness.sets.few_real_cases`).
+
+        Args:
+            modality: the modality.
+
+        Returns:
+            Case ids among the modality's cases of ``segmentor.splits``.
+        """
+        cases = self.cases[(self.cases["modality"] == modality) & self.cases["split"].isin(self.config["segmentor"]["splits"])]
+        return few_real_cases(cases["case"], self.config["usefulness"]["few_real_fraction"], self.config["seed"])
+
+    def usefulness_cases(self, modality: str, trainset: str) -> list[list[str] | None] | None:
+        """Per store of :meth:`usefulness_stores`, the cases kept (None: all): the few real cases of
+        ``few_real_generated``'s real stores; None for the other sets.
+
+        Args:
+            modality: the modality.
+            trainset: a training set.
+        """
+        if trainset != "few_real_generated":
+            return None
+        few = self.few_real(modality)
+        return [few if store.startswith("results/slices/") else None for store in self.usefulness_stores(modality, trainset)]
+
+    @staticmethod
+    def usefulness_segmentor(modality: str, trainset: str) -> str:
+        """The segmentor of a training set: the study's own for ``real``."""
+        if trainset == "real":
+            return f"results/models/segmentor/{modality}.pt"
+        return f"results/usefulness/{modality}/segmentor_{trainset}.pt"
+
+    def usefulness_metrics_files(self) -> list[str]:
+        """``results/usefulness/{modality}/{trainset}/metrics.json`` of every modality x training set."""
+        return [f"results/usefulness/{m}/{s}/metrics.json" for m in self.usefulness_modalities for s in self.usefulness_sets]
+
+    def usefulness_outputs(self) -> list[str]:
+        """The target ``usefulness``: its table, its figure and the runs' metrics; none without a modality."""
+        if not self.usefulness_modalities:
+            return []
+        return ["results/usefulness/table.csv", "results/figures/usefulness_dice_per_organ.png",
+                *self.usefulness_metrics_files()]
+
+    def usefulness_notes(self) -> list[str]:
+        """The usefulness table's footnotes: where each training set comes from."""
+        useful, sampling = self.config["usefulness"], self.config["sampling"]
+        notes = ["Dice: pooled over every real test slice of every view, per organ, then the mean over the organs present; "
+                 "'/ real' is the ratio to the study's own segmentor (trained on real train + val slices). Every "
+                 "segmentor has the study's network, recipe, steps and seed."]
+        for m in self.usefulness_modalities:
+            models = ", ".join(f"{v}: {self.generator_model(m, v).rsplit('/', 1)[1]}" for v in self.views)
+            notes.append(f"{m.upper()} generated set: one generation per {'+'.join(self.config['segmentor']['splits'])} "
+                         f"mask ({sampling['sampler']}, {sampling['steps']} steps), drawn by {models}.")
+            if "few_real_generated" in self.usefulness_sets and self.cases is not None:
+                few = self.few_real(m)
+                notes.append(f"{m.upper()} few real: {len(few)} real case(s) (usefulness.few_real_fraction "
+                             f"{useful['few_real_fraction']}): {', '.join(few)}.")
+        if "oracle" in useful["sets"] and "oracle" not in self.usefulness_sets:
+            notes.append("Oracle renders exist only for the embedded phantom: no oracle row.")
+        elif "oracle" in self.usefulness_sets:
+            notes.append("Oracle renders: one fresh render of each train + val case's anatomy (phantom), the real "
+                         "masks kept: what a perfect generator would give, the ceiling of 'generated only'.")
+        return notes
+
+    def trainset_mem(self) -> int:
+        """``mem_mb`` of a generated-training-set job: one group of masks in flight (``8 x sampling.batch_size``).
+
+        Returns:
+            Megabytes.
+        """
+        batch, size = self.config["sampling"]["batch_size"], self.config["preprocess"]["image_size"]
+        return sample_mem_mb(self.config["compute"]["sample_mem_mb"], 8 * batch, 1, size) \
+            + cpu_activations_mb(batch, size, self.cpu_channels["diffusion"], training=False)
 
     # ---- resource requests
 
