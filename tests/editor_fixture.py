@@ -24,6 +24,7 @@ import torch
 from segdiff.models.diffusion import DenoiserConfig, SchedulerConfig
 from segdiff.models.jobs import DiffusionTrainJob, train_diffusion
 from segdiff.core.labels import Remap, load_label_map
+from segdiff.data.body import BodySettings
 from segdiff.data.loader import LoaderSettings
 from segdiff.sources.phantom import write_phantom_dataset
 from segdiff.data.shards import write_case_shards
@@ -40,8 +41,9 @@ DENOISER = dict(num_classes=16, conditioning="concat", channels=(8, 8), attentio
 SCHEDULER = dict(num_train_timesteps=20, prediction_type="v_prediction")
 
 
-def build_results(root: Path) -> Path:
-    """Write a tiny ``results/`` folder under ``root`` (one model: CT axial) and return ``root``."""
+def build_results(root: Path, body: bool = False) -> Path:
+    """Write a tiny ``results/`` folder under ``root`` (one model: CT axial) and return ``root``; with ``body``,
+    its masks carry the body envelope (``preprocess.body`` threshold) and its model that mask channel."""
     root = Path(root)
     labels = load_label_map("amos15")
     remap = Remap({i: i for i in labels.ids if i != UNSEEN})  # the model never sees UNSEEN
@@ -55,7 +57,8 @@ def build_results(root: Path) -> Path:
         volume = load_case(work / "phantom" / c["image"], work / "phantom" / c["label"], labels, remap)
         write_case_shards(volume, "ct", {"axial": shard}, {"axial": work / "previews" / c["case"]},
                           image_size=IMAGE_SIZE, min_foreground=16, ct_window=(-175, 250),
-                          mri_percentiles=(0.5, 99.5), previews_per_case=0)
+                          mri_percentiles=(0.5, 99.5), previews_per_case=0,
+                          body=BodySettings(mode="threshold" if body else "off"), body_id=labels.body_id)
         shards.append(shard)
     splits = ["train"] * (len(cases) - 1) + ["test"]
     rows = pd.DataFrame({"case": [c["case"] for c in cases], "modality": "ct", "split": splits})
@@ -63,10 +66,12 @@ def build_results(root: Path) -> Path:
 
     settings = TrainSettings(steps=2, lr=1e-3, checkpoint_every=10**9, seed=SEED, ema_decay=0.5, bf16=False)
     (root / "models/diffusion").mkdir(parents=True, exist_ok=True)
+    denoiser = DenoiserConfig(**{**DENOISER, "num_classes": labels.body_id + 1 if body else DENOISER["num_classes"]})
     train_diffusion(DiffusionTrainJob(
-        modality="ct", view="axial", stores=(str(folder / "store"),), labels=labels, denoiser=DenoiserConfig(**DENOISER),
+        modality="ct", view="axial", stores=(str(folder / "store"),), labels=labels, denoiser=denoiser,
         scheduler=SchedulerConfig(**SCHEDULER), train=settings, batch_size=4, ablation_p=0.0,
         checkpoint=work / "diffusion.ckpt", device=torch.device("cpu"), loader=LoaderSettings(), world_size=1,
-        model=root / "models/diffusion/ct_axial.pt", loss=work / "diffusion_loss.csv", figure=work / "diffusion_loss.png"))
+        model=root / "models/diffusion/ct_axial.pt", loss=work / "diffusion_loss.csv", figure=work / "diffusion_loss.png",
+        body_id=labels.body_id if body else None))
     (root / "provenance.json").write_text(json.dumps({"config": {"sampling": dict(SAMPLING)}}, indent=2) + "\n")
     return root

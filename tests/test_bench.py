@@ -48,3 +48,42 @@ def test_cost_table_adds_up_the_config_work(tmp_path):
     assert {r["stage"]: r for r in fewer["rows"]}["sampling"]["gpu_h"] == rows["sampling"]["gpu_h"] / 5
     assert cost["disk"]["store_gb"] == 1500 * 256 * 256 * 5 / 1e9
     assert "| **total** |" in bench_cost.markdown(cost)
+
+
+def test_body_bench_compares_two_studies_run_by_run(tmp_path):
+    """bench_body.py on two fake studies: metrics read from metrics.json, the outside-organ diversity recomputed
+    from arrays.npz where the file lacks it (the body id 16 counts as outside), a missing run left blank."""
+    import numpy as np
+
+    import bench_body
+
+    def run(study, name, metrics, arrays=None):
+        folder = tmp_path / study / "results/evaluation" / name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        if arrays is not None:
+            np.savez(folder / "arrays.npz", **arrays)
+
+    full = {"diversity_outside_gen": 0.05, "diversity_outside_oracle": 0.02, "diversity_gen": 0.012, "diversity_oracle": 0.01,
+            "diversity_ratio": 1.2, "dice_ratio": 0.95, "frd": 3.0, "frd_oracle": 1.0}
+    run("off", "ct_axial", full)
+    run("off", "mri_axial", {**full, "frd": None})
+    mask = np.zeros((2, 4, 4), np.uint8)
+    mask[:, :2] = 6  # an organ in the top half,
+    mask[:, 2:, :2] = 16  # the body envelope and background below
+    generated = np.zeros((2, 2, 4, 4), np.float32)
+    generated[:, 1, 2:] = 0.5  # the generations differ outside the organ only: std 0.25 there
+    oracle = np.zeros((2, 2, 4, 4), np.float32)
+    oracle[:, 1, 3:] = 0.2  # the oracle on half of that: std 0.1 on half of the outside pixels
+    run("on", "ct_axial", {key: value for key, value in full.items() if "outside" not in key} | {"diversity_ratio": None},
+        {"generated": generated, "oracle": oracle, "mask": mask})
+    out = tmp_path / "table" / "body.md"
+    result = bench_body.main([str(tmp_path / "off"), str(tmp_path / "on"), "--out", str(out)])
+    on = result["on"]["ct_axial"]
+    assert on["diversity_outside_gen"] == 0.25 and abs(on["diversity_outside_oracle"] - 0.05) < 1e-7
+    assert abs(on["diversity_outside_ratio"] - 5.0) < 1e-5 and abs(on["diversity_ratio"] - 1.2) < 1e-12  # 0.012 / 0.01
+    assert result["off"]["ct_axial"]["diversity_outside_ratio"] == 2.5 and result["off"]["mri_axial"]["frd"] is None
+    text = out.read_text()
+    assert "### ct_axial" in text and "### mri_axial" in text
+    assert "| diversity outside organs, generated | 0.05 | 0.25 | 0.2 |" in text
+    assert "| FRD, generated | — | — | — |" in text  # mri_axial: null off, no run on

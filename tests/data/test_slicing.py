@@ -9,6 +9,7 @@ from PIL import Image
 import torch
 import torch.nn.functional as F
 
+from segdiff.data.body import BodySettings
 from segdiff.data.shards import write_case_shards
 from segdiff.data.slicing import fitted_shape, normalise_ct, normalise_mri, resize_stack, slice_volume, view_stack
 from segdiff.sources.volumes import Volume
@@ -99,11 +100,13 @@ def test_unknown_modality_is_rejected():
         slice_volume(Volume(*ras_pair()[:2], (1, 1, 1), np.eye(4)), "pet", "axial", 16)
 
 
-def test_native_resolution_ct_slices_within_3x_the_volume(tmp_path):
+@pytest.mark.parametrize("body", ["off", "threshold"])
+def test_native_resolution_ct_slices_within_3x_the_volume(tmp_path, body):
     """Slicing a 512 x 512 x 40 CT (0.7 x 0.7 x 5 mm) into three 256 x 256 views peaks at <= 3x the volume's
     float32 size, the volume itself (image and label) included. Coronal and sagittal slices of such a thin
     volume alone hold 3.2x its voxels, so the shards must be streamed, not built in memory. The peak is that
-    of numpy buffers (tracemalloc)."""
+    of numpy buffers (tracemalloc). With the body envelope derived (``preprocess.body``), too: its
+    connected components are one int32 volume more, and nothing else is full-size."""
     shape = (512, 512, 40)
     image = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     image *= 300.0
@@ -118,6 +121,7 @@ def test_native_resolution_ct_slices_within_3x_the_volume(tmp_path):
         counts = write_case_shards(
             vol, "ct", {v: tmp_path / v / "case.npz" for v in views}, {v: tmp_path / v / "previews" / "case" for v in views},
             image_size=256, min_foreground=1, ct_window=(-175, 250), mri_percentiles=(0.5, 99.5), previews_per_case=2,
+            body=BodySettings(mode=body), body_id=16,
         )
         peak = tracemalloc.get_traced_memory()[1]
     finally:

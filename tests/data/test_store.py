@@ -214,3 +214,16 @@ def test_a_failure_at_any_write_position_of_a_subset_leaves_nothing(tmp_path, mo
         with pytest.raises(OSError, match="injected failure"):
             store_module.write_subset(rows, list(manifest["shard"]), "axial", target / "manifest.tsv", target / "store")
         assert not target.exists() or not any(target.iterdir()), (fail_at, sorted(target.rglob("*")))
+
+
+def test_store_writer_refuses_a_short_store_and_leaves_nothing(tmp_path):
+    from segdiff.core.errors import InputError
+    from segdiff.data.store import StoreWriter
+
+    with pytest.raises(InputError, match="1 slices appended, 2 announced"):
+        with StoreWriter(tmp_path / "store", 2, (4, 4), views=True) as writer:
+            writer.append(np.zeros((1, 4, 4)), np.ones((1, 4, 4)), "c0", "train", [3], "axial")
+    with pytest.raises(RuntimeError):
+        with StoreWriter(tmp_path / "store", 1, (4, 4)) as writer:
+            raise RuntimeError("killed")
+    assert not (tmp_path / "store").exists() and not list(tmp_path.iterdir())

@@ -106,6 +106,18 @@ def test_test_masks_come_from_the_store(client, results):
     assert unknown.status_code == 404 and "unknown model 'mri_all'" in unknown.json()["detail"]
 
 
+def test_a_model_trained_with_the_body_envelope_serves_organ_masks_and_generates(tmp_path):
+    """``preprocess.body``: the editor ignores the envelope (organs only) and the model with its extra mask channel
+    generates from an organ mask."""
+    results = build_results(tmp_path, body=True)
+    body_id = load_label_map("amos15").body_id
+    assert body_id in first_test_mask(results)
+    with TestClient(create_app(results, device="cpu")) as c:
+        mask = decode(c.get("/api/models/ct_axial/test-masks/0").json()["mask"])
+        np.testing.assert_array_equal(mask, np.where(first_test_mask(results) == body_id, 0, first_test_mask(results)))
+        assert generate(c, mask)["warnings"] == []
+
+
 def test_generate_is_reproducible_and_downloadable(client, results):
     mask = first_test_mask(results)
     first = generate(client, mask, k=2, seed=5)

@@ -102,6 +102,11 @@ def test_every_metric_against_numpy(run):
     assert s["diversity_oracle"] == pytest.approx(oracle.std(axis=1)[inside].mean(), rel=1e-6)
     assert s["diversity_ratio"] == pytest.approx(s["diversity_gen"] / s["diversity_oracle"], rel=1e-9)
     assert 1.0 < s["diversity_ratio"] < 1.6  # noise 0.05 vs 0.04, clipped
+    assert s["diversity_outside_gen"] == pytest.approx(gen.std(axis=1)[~inside].mean(), rel=1e-6)
+    assert s["diversity_outside_oracle"] == pytest.approx(oracle.std(axis=1)[~inside].mean(), rel=1e-6)
+    # the quality gate (tests/evaluation/test_quality.py checks its numbers): noise on the real slices has texture
+    assert s["texture_ratio"] > 1 and s["k_spread"] > 1 and isinstance(s["quality_flags"], list)
+    assert s["n_dropped_empty"] == 0
 
 
 def test_files_and_recompute(run):
@@ -113,6 +118,7 @@ def test_files_and_recompute(run):
         assert (again[key] is None) == (metrics[key] is None), key
         if again[key] is not None:
             assert again[key] == pytest.approx(metrics[key], rel=1e-9), key
+    assert again["quality_flags"] == metrics["quality_flags"]
     per_slice = pd.read_csv(out / "per_slice.csv")
     assert list(per_slice.columns) == ["case", "view", "slice", "psnr", "ssim", "dice_gen", "dice_orig", "dice_oracle"]
     assert len(per_slice) == 8
@@ -155,3 +161,16 @@ def test_evaluation_job_evaluates_the_seeded_test_subset_of_the_stores(run, tmp_
     evaluate_run("CT axial", str(generation), str(segmentor), real, LABELS, torch.device("cpu"), tmp_path / "direct",
                  inception_weights=none, poster_inception_weights=none)
     assert (tmp_path / "job/metrics.json").read_text() == (tmp_path / "direct/metrics.json").read_text()
+
+
+def test_multimodal_run_records_the_slices_sampling_dropped(run, tmp_path):
+    real = run["real"]
+    gen = read_generation(run["out"].parent / "multi_inference.npz")
+    generation = tmp_path / "multimodal.npz"
+    np.savez(generation, **{**{key: gen[key] for key in ("generated", "original", "mask", "case", "slice", "view")},
+                            "seed": np.int64(1), "info": json.dumps({"mode": "multimodal", "k": 3, "dropped_empty": 2})})
+    none = str(tmp_path / "none.pth")
+    summary = evaluate_run("CT→MRI axial", generation, run["out"].parent / "segmentor.pt", real, LABELS,
+                           torch.device("cpu"), tmp_path / "out", inception_weights=none, poster_inception_weights=none)
+    assert summary["n_dropped_empty"] == 2 and summary["psnr"] is None and summary["mode"] == "multimodal"
+    assert json.loads((tmp_path / "out/metrics.json").read_text())["n_dropped_empty"] == 2

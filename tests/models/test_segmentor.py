@@ -8,12 +8,13 @@ from tiny import make_subset, tiny_slices
 
 from segdiff.core.errors import InputError
 from segdiff.core.labels import LabelMap
+from segdiff.data.dataset import SliceSet
 from segdiff.data.loader import LoaderSettings
 from segdiff.data.store import SliceStore
 from segdiff.models.jobs import SegmentorTrainJob, train_segmentor
 from segdiff.models.diffusion import load_diffusion
 from segdiff.evaluation.metrics import DiceAccumulator
-from segdiff.models.segmentor import SegmentorConfig, fit_segmentor, load_segmentor, predict, save_segmentor
+from segdiff.models.segmentor import SegmentorConfig, fit_segmentor, load_segmentor, organ_targets, predict, save_segmentor
 from segdiff.models.training import TrainSettings
 
 CONFIG = SegmentorConfig(num_classes=4, channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
@@ -34,6 +35,21 @@ def test_segmentor_learns_the_masks(trained):
     assert dice.mean() > 0.7, dice.per_class()
     assert trained.history[-1]["loss"] < trained.history[0]["loss"]
     assert feats.shape == (4, 32) and np.isfinite(feats).all()
+
+
+
+def test_segmentor_targets_are_the_organs_without_the_body_envelope(tmp_path):
+    """A mask with the body envelope (id = largest organ id + 1 = the segmentor's class count) trains exactly
+    as the organs alone: the envelope is background to the segmentor (its Dice scores organs only)."""
+    masks = torch.tensor([[0, 1, 4], [3, 4, 0]])
+    assert organ_targets(masks, 4).tolist() == [[0, 1, 0], [3, 0, 0]]
+    organs = tiny_slices(8)
+    with_body = SliceSet(organs.image, np.where(organs.mask == 0, 4, organs.mask).astype(np.uint8), organs.case,
+                         organs.slice, organs.view)
+    settings = TrainSettings(steps=3, lr=0.01, warmup_steps=1, ema_decay=0.5, checkpoint_every=100, seed=1)
+    runs = [fit_segmentor(slices, CONFIG, settings, 4, tmp_path / f"{i}.ckpt", torch.device("cpu"))
+            for i, slices in enumerate((organs, with_body))]
+    assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
 
 
 def test_segmentor_file_roundtrip_and_kind_check(trained, tmp_path):

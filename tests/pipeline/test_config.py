@@ -4,9 +4,9 @@ import pytest
 import yaml
 from conftest import CONFIG_SCHEMA, REPO
 
-from segdiff.pipeline.config import coerce_strings, load_config, validate_config
+from segdiff.pipeline.config import check_body, coerce_strings, load_config, validate_config
 from segdiff.core.errors import ConfigError, InputError
-from segdiff.core.labels import load_label_map, load_remap
+from segdiff.core.labels import LabelMap, load_label_map, load_remap
 
 
 def test_default_config_is_valid_and_complete():
@@ -136,3 +136,33 @@ def test_coercion_does_not_modify_the_objects_it_was_given():
     assert channels == ["8", "16"] and CONFIG_SCHEMA.read_text() == schema_text
     unchanged = {"seed": 5, "views": ["axial"]}
     assert coerce_strings(unchanged, {"type": "object"}) is unchanged
+
+
+def test_body_envelope_keys_defaults_and_bounds():
+    """``preprocess.body``: off by default; the modes, the thresholds' bounds; an unquoted YAML ``off`` (a boolean)
+    is the mode off; the dataset must be able to have the envelope (check_body)."""
+    assert validate_config({}, CONFIG_SCHEMA)["preprocess"]["body"] == {"mode": "off", "ct_threshold_hu": -500,
+                                                                        "mri_threshold": 0.15}
+    config = validate_config(yaml.safe_load("preprocess: {body: {mode: off}}"), CONFIG_SCHEMA)
+    assert config["preprocess"]["body"]["mode"] == "off"  # YAML 1.1 read it as false
+    assert validate_config({"preprocess": {"body": {"mode": "threshold", "ct_threshold_hu": "-300"}}},
+                           CONFIG_SCHEMA)["preprocess"]["body"]["ct_threshold_hu"] == -300  # --config strings
+    with pytest.raises(ConfigError, match=r"config key 'preprocess.body.mode': 'on' is not one of"):
+        validate_config({"preprocess": {"body": {"mode": "on"}}}, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=r"config key 'preprocess.body.mode': True is not of type 'string'"):
+        validate_config({"preprocess": {"body": {"mode": True}}}, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=r"config key 'preprocess.body.mri_threshold': 1.5 is greater than"):
+        validate_config({"preprocess": {"body": {"mri_threshold": 1.5}}}, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match=r"config key 'preprocess.body.threshold': unknown key"):
+        validate_config({"preprocess": {"body": {"threshold": 0.2}}}, CONFIG_SCHEMA)
+    amos15 = load_label_map("amos15")
+    for mode, source in (("off", "phantom"), ("threshold", "amos"), ("sheet", "sheet")):
+        check_body(validate_config({"preprocess": {"body": {"mode": mode}}, "dataset": {"source": source}}, CONFIG_SCHEMA),
+                   amos15)
+    with pytest.raises(ConfigError, match=r"config key 'preprocess.body.mode': sheet reads each case's body mask from the "
+                                          r"case sheet's column 'body', but dataset.source is 'phantom'"):
+        check_body(validate_config({"preprocess": {"body": {"mode": "sheet"}}}, CONFIG_SCHEMA), amos15)
+    full = LabelMap({1: "a", 255: "b"})
+    with pytest.raises(ConfigError, match="body id 256 does not fit the uint8 masks"):
+        check_body(validate_config({"preprocess": {"body": {"mode": "threshold"}}}, CONFIG_SCHEMA), full)
+    check_body(validate_config({}, CONFIG_SCHEMA), full)  # off: any label map

@@ -8,8 +8,8 @@ import pytest
 from conftest import CONFIG_SCHEMA, REPO
 
 from segdiff.pipeline.config import load_config
-from segdiff.pipeline.job_params import (SPEED_KEYS, diffusion_params, preprocess_params, recorded_config, sampling_params, segmentor_params,
-                                speed_settings)
+from segdiff.pipeline.job_params import (SPEED_KEYS, body_params, diffusion_params, preprocess_params, recorded_config,
+                                         sampling_params, segmentor_params, speed_settings)
 
 
 @pytest.fixture
@@ -95,10 +95,32 @@ def test_speed_settings_are_what_the_params_leave_out(config):
 
 def test_preprocess_params_leave_out_the_other_modalitys_intensities(config):
     ct, mri = preprocess_params(config, "ct"), preprocess_params(config, "mri")
-    assert set(ct) == set(config["preprocess"]) - {"mri_percentiles", "keep_shards"}
-    assert set(mri) == set(config["preprocess"]) - {"ct_window", "keep_shards"}
+    assert set(ct) == set(config["preprocess"]) - {"mri_percentiles", "keep_shards", "body"}  # body: off
+    assert set(mri) == set(config["preprocess"]) - {"ct_window", "keep_shards", "body"}
     other = copy.deepcopy(config)
     other["preprocess"]["ct_window"] = [-100, 200]
     assert preprocess_params(other, "mri") == mri and preprocess_params(other, "ct") != ct
     other["preprocess"]["image_size"] = 64
     assert preprocess_params(other, "mri") != mri  # every other key shapes both
+
+
+def test_body_params_hold_what_shapes_one_modalitys_envelope(config):
+    """``preprocess.body``: absent from the params while off (a study sliced before the envelope keeps its params,
+    and a threshold then reruns nothing); on, the mode and that modality's threshold (MRI's with the percentiles
+    it applies to); an oracle render keeps the envelope of its case's modality."""
+    off_ct, off_mri = preprocess_params(config, "ct"), preprocess_params(config, "mri")
+    assert body_params(config, "ct") is None
+    config["preprocess"]["body"]["ct_threshold_hu"] = -400
+    assert preprocess_params(config, "ct") == off_ct
+    config["preprocess"]["body"]["mode"] = "threshold"
+    assert body_params(config, "ct") == {"mode": "threshold", "modality": "ct", "ct_threshold_hu": -400}
+    assert body_params(config, "mri") == {"mode": "threshold", "modality": "mri", "mri_threshold": 0.15,
+                                          "mri_percentiles": config["preprocess"]["mri_percentiles"]}
+    ct, mri = preprocess_params(config, "ct"), preprocess_params(config, "mri")
+    assert ct == {**off_ct, "body": body_params(config, "ct")} and mri == {**off_mri, "body": body_params(config, "mri")}
+    config["preprocess"]["body"]["mri_threshold"] = 0.2  # reruns the MRI slices only
+    assert preprocess_params(config, "ct") == ct and preprocess_params(config, "mri") != mri
+    oracle = preprocess_params(config, "mri", body_modality="ct")  # MRI renders of a CT case
+    assert oracle == {**off_mri, "body": body_params(config, "ct")}
+    config["preprocess"]["body"]["mode"] = "sheet"
+    assert body_params(config, "mri") == {"mode": "sheet", "modality": "mri"}

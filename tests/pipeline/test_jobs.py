@@ -14,6 +14,7 @@ from conftest import CONFIG_SCHEMA, REPO
 
 from segdiff.core.device import use_bf16
 from segdiff.core.labels import load_label_map, load_remap
+from segdiff.data.body import BodySettings
 from segdiff.data.jobs import SliceCaseJob
 from segdiff.data.loader import LoaderSettings
 from segdiff.data.oracle import OracleJob
@@ -66,6 +67,9 @@ def test_sample_job_takes_the_sampler_from_params_and_the_batch_from_the_config(
                                                                        batch_size=7, bf16=False),
                             k=4, max_slices=32, seed=1234, device=CPU,
                             out="results/samples/ct2mri_axial/chunks/multimodal_2-of-3.npz", chunk=1, chunks=3)
+    # a multi-modal rule's min_foreground drops the source slices left (nearly) empty
+    smk.params.min_foreground = 4
+    assert jobs.sample_job(smk).min_foreground == 4
     # the number of chunks is the scatter item's (--set-scatter), not the config's
     smk.wildcards.scatteritem = "1-of-5"
     assert (jobs.sample_job(smk).chunk, jobs.sample_job(smk).chunks) == (0, 5)
@@ -97,6 +101,7 @@ def test_gather_job_of_a_multi_inference_and_of_a_multimodal_run(config):
     job = jobs.gather_job(smk)
     assert (job.reconstruction, job.reconstruction_grid) == (None, None)
     assert job.title == "ct masks -> mri model (axial)" and job.parts == ("p1.npz",)
+    assert job.source == "ct"  # the grid's first column: "CT (source)"
 
 
 def test_evaluation_job(config):
@@ -127,6 +132,22 @@ def test_oracle_job_takes_the_contrasts_preprocessing(config):
         mri_percentiles=[0.5, 99.5], outputs=tuple(renders))
 
 
+
+def test_oracle_job_takes_the_cases_own_envelope(config):
+    """With the body envelope on, an MRI render of a CT case is sliced with the CT case's envelope, derived from
+    its own image (input ``image``) with the CT threshold."""
+    config["preprocess"]["body"]["mode"] = "threshold"
+    params = {"phantom": config["phantom"], "seed": 1234, "k": 4, "labels": "amos15",
+              "preprocess": preprocess_params(config, "mri", body_modality="ct")}
+    smk = stand_in(config, params, input={"label": "l.nii.gz", "image": "i.nii.gz"},
+                   output={"renders": ["results/oracle/mri/axial/amos_0001.npz"]},
+                   wildcards={"case": "amos_0001", "contrast": "mri"})
+    job = jobs.oracle_job(smk)
+    assert (job.body, job.case_image, job.case_modality) == (BodySettings(mode="threshold", ct_threshold_hu=-500),
+                                                            "i.nii.gz", "ct")
+    assert job.mri_percentiles == [0.5, 99.5] and job.ct_window is None  # the renders' own contrast
+
+
 def test_diffusion_train_job_takes_speed_from_the_config_and_the_rest_from_params(config):
     params = diffusion_params(config)
     params["train"]["lr"] = 0.5  # the rule's params shape the model
@@ -150,6 +171,9 @@ def test_diffusion_train_job_takes_speed_from_the_config_and_the_rest_from_param
         figure="m.png")
     config["compute"].update(gpus=4)  # data parallelism needs CUDA: one process on the CPU
     assert jobs.diffusion_train_job(smk).world_size == 1
+    smk.params.body = True  # the masks carry the body envelope (id 16): one more mask channel, recorded in the job
+    job = jobs.diffusion_train_job(smk)
+    assert (job.denoiser.num_classes, job.body_id) == (17, 16)
 
 
 def test_segmentor_train_job(config):
@@ -181,6 +205,12 @@ def test_slice_case_job_maps_each_view_to_its_files(config):
         mri_percentiles=None, previews_per_case=1)
     smk.params.remap = ""
     assert jobs.slice_case_job(smk).remap is None
+    assert jobs.slice_case_job(smk).body == BodySettings()  # off: no body params
+    config["preprocess"]["body"].update(mode="sheet")
+    smk.params.preprocess = preprocess_params(config, "ct")
+    smk.input.body = "b.nii.gz"
+    job = jobs.slice_case_job(smk)
+    assert (job.body, job.body_mask) == (BodySettings(mode="sheet"), "b.nii.gz")
 
 
 def test_evaluation_figures_job(config):

@@ -91,8 +91,9 @@ def test_default_targets(default):
                                                   "results/samples/ct_axial/multi_inference.npz",
                                                   "results/samples/ct2mri_axial/multimodal.npz"]
     assert default.checkpoint_pairs()[1] == ("checkpoints/diffusion/ct_all.ckpt", "results/models/diffusion/ct_all.pt")
-    assert default.checkpoint_pairs()[-1] == ("checkpoints/segmentor/mri.ckpt", "results/models/segmentor/mri.pt")
-    assert len(default.checkpoint_pairs()) == 6
+    assert default.checkpoint_pairs()[5] == ("checkpoints/segmentor/mri.ckpt", "results/models/segmentor/mri.pt")
+    assert default.checkpoint_pairs()[-1] == ("checkpoints/usefulness/mri_oracle.ckpt", "results/usefulness/mri/segmentor_oracle.pt")
+    assert len(default.checkpoint_pairs()) == 6 + 2 * 4  # + the usefulness segmentors
     assert default.loss_logs() == ["results/models/diffusion/ct_axial_loss.csv", "results/models/diffusion/ct_all_loss.csv",
                                    "results/models/diffusion/mri_axial_loss.csv", "results/models/diffusion/mri_all_loss.csv",
                                    "results/models/segmentor/ct_loss.csv", "results/models/segmentor/mri_loss.csv"]
@@ -209,3 +210,39 @@ def test_amos_before_its_download():
 def test_the_plan_does_not_import_snakemake():
     code = "import sys, segdiff.pipeline.plan; sys.exit('snakemake' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_usefulness_plan_sets_stores_few_real_cases_and_generators():
+    plan = plan_of()
+    assert plan.usefulness_sets == ["real", "generated", "real_generated", "few_real_generated", "oracle"]
+    assert plan.usefulness_modalities == ["ct", "mri"]
+    assert plan.generator_model("ct", "axial") == "results/models/diffusion/ct_axial.pt"  # the view's own model
+    assert plan.generator_model("ct", "coronal") == "results/models/diffusion/ct_all.pt"  # else all views
+    real = [f"results/slices/ct/{v}/store" for v in ("axial", "coronal", "sagittal")]
+    generated = [f"results/usefulness/ct/generated/{v}/1-of-1" for v in ("axial", "coronal", "sagittal")]
+    assert plan.usefulness_stores("ct", "generated") == generated
+    assert plan.usefulness_stores("ct", "real_generated") == real + generated
+    few = plan.few_real("ct")
+    train_val = plan.cases[(plan.cases.modality == "ct") & plan.cases.split.isin(["train", "val"])]["case"]
+    assert len(few) == 5 and set(few) <= set(train_val)  # ceil(0.25 x 19)
+    assert plan.usefulness_cases("ct", "few_real_generated") == [few] * 3 + [None] * 3
+    assert plan.usefulness_cases("ct", "generated") is None
+    assert plan.usefulness_segmentor("mri", "real") == "results/models/segmentor/mri.pt"
+    assert "results/usefulness/table.csv" not in plan.all_outputs()  # a named target by default
+    assert "results/usefulness/table.csv" in plan_of({"usefulness": {"in_all": True}}).all_outputs()
+    chunked = plan_of({"sampling": {"chunks": 2}})
+    assert chunked.usefulness_stores("mri", "generated")[:2] == [f"results/usefulness/mri/generated/axial/{i}-of-2" for i in (1, 2)]
+    assert ("checkpoints/usefulness/ct_generated.ckpt", "results/usefulness/ct/segmentor_generated.pt") in plan.checkpoint_pairs()
+
+
+def test_usefulness_without_a_generator_or_an_oracle():
+    only_axial = {"diffusion": {"runs": ["ct/axial", "mri/axial"]}, "sampling": {"multimodal": []}}
+    plan = plan_of(only_axial)
+    assert plan.usefulness_modalities == [] and plan.usefulness_outputs() == []
+    with pytest.raises(ConfigError, match="usefulness.in_all.*every view"):
+        plan_of({**only_axial, "usefulness": {"in_all": True}})
+    with pytest.raises(ConfigError, match="ct model of view coronal or all"):
+        plan.generator_model("ct", "coronal")
+    sheet = plan_of({"dataset": {"source": "sheet", "sheet": "cases.tsv"}, "diffusion": {"runs": ["ct/all"]},
+                     "sampling": {"multimodal": []}}, cases=sheet_table({"a": "train", "b": "val", "c": "test"}))
+    assert "oracle" not in sheet.usefulness_sets and any("phantom" in n for n in sheet.usefulness_notes())

@@ -272,6 +272,12 @@ def check_table_recomputes(results):
         assert cell("Diversity of the k generations (std inside organs)", column) == pytest.approx(div_gen, abs=6e-5)
         assert cell("Diversity of k oracle renders (std inside organs)", column) == pytest.approx(div_oracle, abs=6e-5)
         assert cell("Diversity ratio, generations / oracle (goal 0.5–1.5)", column) == pytest.approx(div_gen / div_oracle, abs=6e-4)
+        outside = ~np.isin(a["mask"], range(1, 16))  # not an organ of amos15 (background or a body envelope)
+        assert cell("Diversity of the k generations (std outside organs)", column) == pytest.approx(
+            gen.std(axis=1)[outside].mean(), abs=6e-5)
+        assert cell("Diversity of k oracle renders (std outside organs)", column) == pytest.approx(
+            oracle.std(axis=1)[outside].mean(), abs=6e-5)
+        assert table.loc["Quality flags", column] == "ok" or table.loc["Quality flags", column].startswith("⚠ ")
         for name, key in (("FD_seg ↓ (segmentor features; not FID)", "generated"), ("FD_seg oracle floor", "oracle")):
             assert cell(name, column) == pytest.approx(_frechet(a[f"features_{key}"], a["features_reference"]), rel=1e-3, abs=6e-4)
         for name, key in (("FRD ↓", "generated"), ("FRD oracle floor", "oracle")):
@@ -349,6 +355,14 @@ RERUNS = {
         {"slice_case": 3, "manifest": 3, "preview_figure": 1, "oracle_case": 1, "train_diffusion": 2, "train_segmentor": 1,
          "sample_diffusion": 2, "sample_multimodal": 1, "gather_samples": 2, "gather_multimodal": 1, "evaluate": 3,
          "table": 1, "evaluation_figures": 1, "oracle_figure": 1, "provenance": 1}),
+    "`preprocess.body.mode`: `threshold` (the body envelope on)": (
+        {"preprocess": {"body": {"mode": "threshold"}}},
+        {"slice_case": 6, "manifest": 6, "preview_figure": 1, "oracle_case": 3, "train_diffusion": 4, "train_segmentor": 2,
+         "sample_diffusion": 4, "sample_multimodal": 1, "gather_samples": 4, "gather_multimodal": 1, "evaluate": 5,
+         "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+    "`preprocess.body.ct_threshold_hu` (`mri_threshold`) while the envelope is off": (
+        {"preprocess": {"body": {"ct_threshold_hu": -400}}},
+        {"provenance": 1}),
     "`preprocess.*` (any other key)": (
         {"preprocess": {"min_foreground": 5}},
         {"slice_case": 6, "manifest": 6, "preview_figure": 1, "oracle_case": 3, "train_diffusion": 4, "train_segmentor": 2,
@@ -362,6 +376,9 @@ RERUNS = {
     "`segmentor.*`": (
         {"segmentor": {"train": {"lr": 0.02}}},
         {"train_segmentor": 2, "evaluate": 5, "table": 1, "evaluation_figures": 1, "oracle_figure": 2, "provenance": 1}),
+    "`usefulness.*` (its own target `usefulness` unless `in_all`)": (
+        {"usefulness": {"few_real_fraction": 0.5, "sets": ["generated"]}},
+        {"provenance": 1}),
 }
 
 
@@ -418,3 +435,43 @@ def test_rerun_one_orientation_as_the_readme_says(study):
     assert list(table.columns) == list(table_before.columns)  # every column is still there
     pd.testing.assert_frame_equal(table[["CT", "MRI"]], table_before[["CT", "MRI"]])  # the untouched runs' numbers
     assert job_counts(snakemake(phantom_run, STUDY, "-n")) == {}  # and the study is whole again
+
+
+#: the jobs of `snakemake usefulness` on the finished tiny study: 2 modalities x 3 views of generated sets, 2 oracle
+#: sets, 4 segmentors per modality and 5 scores (the real one reuses the study's segmentor)
+USEFULNESS_JOBS = {"sample_trainset": 6, "oracle_trainset": 2, "train_segmentor_usefulness": 8, "score_usefulness": 10,
+                   "usefulness_table": 1, "usefulness": 1}
+
+
+def test_usefulness_target_trains_on_generated_and_scores_on_real(study):
+    """`snakemake usefulness`: the generated training sets hold the real rows, every number recomputes from the
+    saved counts, nothing of the study reruns, and each usefulness setting reruns only its own jobs."""
+    from segdiff.core.labels import load_label_map
+    from segdiff.data.store import SliceStore
+    from segdiff.usefulness.score import usefulness_metrics
+
+    phantom_run, _ = study
+    results = phantom_run / "results"
+    assert job_counts(snakemake(phantom_run, STUDY, "usefulness")) == USEFULNESS_JOBS
+    table = pd.read_csv(results / "usefulness/table.csv", index_col=0)
+    assert list(table.columns) == ["CT Dice", "CT / real", "MRI Dice", "MRI / real"]
+    assert list(table.index) == ["real (baseline)", "generated only (TSTR)", "real + generated", "few real + generated",
+                                 "oracle renders (ceiling of generated)"]
+    assert (table["CT / real"].iloc[0], table["MRI / real"].iloc[0]) == (1.0, 1.0)
+    labels = load_label_map("amos15")
+    for metrics in results.glob("usefulness/*/*/metrics.json"):
+        saved = pd.read_json(metrics, typ="series")
+        with np.load(metrics.parent / "counts.npz") as z:
+            again = usefulness_metrics(z["counts"], z["view"], list(z["class_ids"]), labels)
+        assert again["dice"] == pytest.approx(saved["dice"]) and again["n_test_slices"] == saved["n_test_slices"]
+    real = SliceStore([results / f"slices/mri/{v}/store" for v in ("axial", "coronal", "sagittal")], ["train", "val"])
+    generated = SliceStore(sorted(results.glob("usefulness/mri/generated/*/1-of-1"), key=lambda p: ["axial", "coronal",
+                           "sagittal"].index(p.parent.name)), ["train", "val"])
+    assert (generated.case == real.case).all() and (generated.view == real.view).all()
+    assert np.array_equal(generated.read(np.arange(len(real)))[1], real.read(np.arange(len(real)))[1])
+    assert (results / "figures/usefulness_dice_per_organ.png").stat().st_size > 10_000
+    assert job_counts(snakemake(phantom_run, STUDY, "-n")) == {}  # the study itself is untouched
+    few = job_counts(snakemake(phantom_run, _merged(STUDY, {"usefulness": {"few_real_fraction": 0.6}}), "-n", "usefulness"))
+    assert few == {"train_segmentor_usefulness": 2, "score_usefulness": 2, "usefulness_table": 1, "usefulness": 1}
+    steps = job_counts(snakemake(phantom_run, _merged(STUDY, {"sampling": {"k": 3}}), "-n", "usefulness"))
+    assert steps == {}  # k is one generation per mask here: not a setting of the training sets

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segdiff.report.figures import (generations_panel_figure, label_colormap, loss_panels_figure,
-                             oracle_vs_generated_figure)
+from segdiff.report.figures import (generation_grid_figure, generations_panel_figure, label_colormap, loss_panels_figure,
+                             oracle_vs_generated_figure, show_overlay)
 from segdiff.core.labels import LabelMap
 
 LABELS = LabelMap({i: f"organ{i}" for i in range(1, 16)})
@@ -111,3 +111,24 @@ def test_label_colormap_distinct_for_72_labels():
     assert len({tuple(np.round(c, 3)) for c in colours[1:]}) == 72
     amos = np.asarray(label_colormap(LABELS).colors)
     assert np.allclose(amos[1:16], colours[1:16])  # the first ids keep their colours as the label count grows
+
+
+def test_overlay_draws_the_organs_not_the_body_envelope():
+    """A mask with the body envelope (``preprocess.body``: id 16 = the largest organ id + 1) draws its organs only."""
+    ax = matplotlib.figure.Figure().subplots()
+    show_overlay(ax, np.zeros((2, 3)), np.array([[0, 1, 16], [15, 16, 0]], np.uint8), LABELS)
+    assert ax.get_images()[1].get_array().mask.tolist() == [[True, False, True], [False, True, True]]
+
+
+def test_generation_grid_shows_the_source_slices_of_a_multimodal_run(tmp_path, figures):
+    image, mask, generated = phantom_slices(8, 2)
+    titles = generation_grid_figure(image, mask, generated, LABELS, tmp_path / "cross.png", "multimodal: t",
+                                    original_title="CT (source)")
+    blank = generation_grid_figure(None, mask, generated, LABELS, tmp_path / "blank.png", "multimodal: t")
+    assert titles == ["CT (source)", "Segmentation", "Generation 1", "Generation 2"] and blank[0] == "Original"
+    filled, empty = figures
+    assert "CT (source)" in [t.get_text() for t in filled.texts]
+    first = lambda fig: min(round(ax.get_position().x0, 4) for ax in fig.axes)
+    assert len([ax for ax in image_axes(filled) if round(ax.get_position().x0, 4) == first(filled)]) == 6  # 6 rows
+    assert not [ax for ax in image_axes(empty) if round(ax.get_position().x0, 4) == first(empty)]
+    assert columns(image_axes(filled)) == 4 and columns(image_axes(empty)) == 3

@@ -4,6 +4,7 @@ one sampling job per chunk plus a gather per run."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 
@@ -18,6 +19,7 @@ from segdiff.models.diffusion import save_diffusion
 from segdiff.core.errors import InputError
 from segdiff.core.labels import load_label_map
 from segdiff.pipeline.jobs import sampler_settings
+from segdiff.sampling import experiments
 from segdiff.sampling.chunks import chunk_bounds, scatter_item
 from segdiff.sampling.experiments import (GatherJob, SampleJob, SampleRunJob, gather_run, merge_chunks, read_generation,
                                           sample_chunk, sample_run, subset_index)
@@ -191,3 +193,77 @@ def test_workflow_plans_a_sampling_job_per_chunk_and_a_gather_per_run(tmp_path):
     assert planned["sample_diffusion"] == 4 and planned["sample_multimodal"] == 2
 
 
+
+
+def make_cross_stores(root, size=16):
+    """CT test slices for an MRI model that never saw organ 3: in case t0 every third slice holds organ 3 alone
+    (empty once it is background), in t1 slice 2 keeps only 2 pixels of organ 1 (under min_foreground 4)."""
+    cases = {"t0": ("test", 6), "t1": ("test", 5), "x": ("train", 3)}
+    rng = np.random.default_rng(1)
+    paths = {}
+    for case, (_, n) in cases.items():
+        mask = np.zeros((n, size, size), np.uint8)
+        mask[:, 3:8, 3:10] = 1
+        mask[:, 9:14, 6:12] = 2
+        mask[:, 2:5, 11:15] = 3
+        if case == "t0":
+            mask[::3] = np.where(mask[::3] == 3, 3, 0)
+        if case == "t1":
+            mask[2] = np.where(mask[2] == 3, 3, 0)
+            mask[2, 3, 3:5] = 1
+        image = (0.3 * (mask == 1) + 0.7 * (mask == 2) + rng.normal(0, 0.05, mask.shape)).clip(0, 1)
+        paths[case] = root / "axial" / f"{case}.npz"
+        paths[case].parent.mkdir(parents=True, exist_ok=True)
+        Shard(image=image.astype(np.float32), mask=mask, slice=np.arange(n, dtype=np.int32), pixel_mm=2.0).save(paths[case])
+    rows = pd.DataFrame({"case": list(cases), "modality": "ct", "split": [s for s, _ in cases.values()]})
+    return [write_store(build_manifest(rows, paths, "axial"), root / "axial" / "store")]
+
+
+def test_multimodal_drops_slices_left_empty_and_chunks_still_merge(setup, tmp_path, monkeypatch):
+    _, model, _ = setup  # classes_seen [0, 1, 2]
+    stores = make_cross_stores(tmp_path / "slices")
+    labels = load_label_map("amos15")
+    grids = []
+    real_grid = experiments.generation_grid_figure
+    monkeypatch.setattr(experiments, "generation_grid_figure",
+                        lambda *args, **kwargs: grids.append((args, kwargs)) or real_grid(*args, **kwargs))
+
+    def job(out, chunk=0, chunks=1, min_foreground=4):
+        return SampleJob(model=model, stores=stores, mode="multimodal", sampler=SAMPLER, k=2, max_slices=0, seed=5,
+                         device=torch.device("cpu"), out=out, chunk=chunk, chunks=chunks, min_foreground=min_foreground)
+
+    whole = run_files(tmp_path / "whole", "multimodal")
+    sample_run(SampleRunJob(job(whole["samples"]), labels, whole["grid"], title="t", source="ct"))
+    unsplit = read_generation(whole["samples"])
+    kept = [f"{c}/{s}" for c, s in zip(unsplit["case"], unsplit["slice"])]
+    assert kept == ["t0/1", "t0/2", "t0/4", "t0/5", "t1/0", "t1/1", "t1/3", "t1/4"]  # t0/0, t0/3, t1/2 dropped
+    assert unsplit["info"]["dropped_empty"] == 3 and unsplit["generated"].shape == (8, 2, 16, 16)
+    assert (np.count_nonzero(unsplit["mask"].reshape(8, -1), axis=1) >= 4).all()
+    # the grid's first column: the CT slices the masks come from
+    (args, kwargs), = grids
+    assert args[0] is unsplit["original"] or np.array_equal(args[0], unsplit["original"])
+    assert kwargs["original_title"] == "CT (source)"
+    # split in 3 (11 slices: batch blocks of 2 -> 4, 4, 3): parts 1 and 3 hold fewer slices than their bounds
+    parts = [tmp_path / "parts" / f"part_{i + 1}-of-3.npz" for i in range(3)]
+    for i, part in enumerate(parts):
+        sample_chunk(job(part, i, 3))
+    assert [read_generation(p)["info"]["dropped_empty"] for p in parts] == [2, 0, 1]
+    split = run_files(tmp_path / "split", "multimodal")
+    gather_run(GatherJob(parts[::-1], labels, split["samples"], split["grid"], title="t", source="ct"))
+    assert_same_generation(read_generation(split["samples"]), unsplit, split["samples"], whole["samples"])
+    assert grids[-1][1]["original_title"] == "CT (source)"
+    # a part whose record of its dropped slices is lost no longer adds up to its bounds
+    with np.load(parts[0]) as z:
+        tampered = {key: z[key] for key in z.files}
+    record = json.loads(str(tampered["part"]))
+    np.savez(parts[0], **{**tampered, "part": json.dumps({**record, "dropped": record["dropped"][:1]})})
+    with pytest.raises(InputError, match="lists 1 dropped"):
+        merge_chunks(parts, tmp_path / "merged.npz")
+    # ... nor a part whose dropped slices are not the ones it lacks
+    wrong = [[pos, case, view, index + 1] for pos, case, view, index in record["dropped"]]
+    np.savez(parts[0], **{**tampered, "part": json.dumps({**record, "dropped": wrong})})
+    with pytest.raises(InputError, match="not the subset they record"):
+        merge_chunks(parts, tmp_path / "merged.npz")
+    # min_foreground 0 drops only nothing: a mask left empty is still sampled
+    zero = sample_run(SampleRunJob(job(tmp_path / "zero.npz", min_foreground=0), labels, tmp_path / "zero.png", title="t"))
+    assert zero is None and read_generation(tmp_path / "zero.npz")["info"]["dropped_empty"] == 0

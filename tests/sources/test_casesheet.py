@@ -109,3 +109,24 @@ def test_sheet_from_amos_layout(tmp_path):
     assert sheet["image"].iloc[2] == str((tmp_path / "imagesVa/amos_0008.nii.gz").resolve())
     with pytest.raises(InputError, match="dataset.json: not found"):
         sheet_from_amos(tmp_path / "elsewhere")
+
+
+def test_body_column_is_read_and_required_only_for_the_sheet_envelope(tmp_path):
+    """``preprocess.body.mode`` sheet: every row names its body mask (relative to the sheet); otherwise the column
+    may be absent or empty and is not looked at."""
+    path = write_sheet(tmp_path, rows(2))
+    assert "body" not in read_case_sheet(path, CASES_SCHEMA).columns  # an old sheet reads as before
+    with pytest.raises(InputError, match=r"row 2 \(case 'ct000'\), column 'body': empty \(preprocess.body.mode sheet"):
+        read_case_sheet(path, CASES_SCHEMA, body_required=True)
+    with_body = [{**row, "body": f"{row['case']}_body.nii.gz"} for row in rows(2)]
+    path = write_sheet(tmp_path, with_body)
+    assert len(read_case_sheet(path, CASES_SCHEMA)) == 2  # not required: the files are not looked at
+    with pytest.raises(InputError, match=r"row 2 \(case 'ct000'\), column 'body': file not found"):
+        read_case_sheet(path, CASES_SCHEMA, body_required=True)
+    for row in with_body:
+        (tmp_path / row["body"]).touch()
+    sheet = read_case_sheet(path, CASES_SCHEMA, body_required=True)
+    assert sheet["body"].tolist() == [str((tmp_path / f"ct{i:03d}_body.nii.gz").resolve()) for i in range(2)]
+    with_body[0]["body"] = "ct000_body.png"
+    with pytest.raises(InputError, match=r"column 'body': '.*ct000_body.png' does not match"):
+        read_case_sheet(write_sheet(tmp_path, with_body), CASES_SCHEMA, body_required=True)

@@ -170,7 +170,7 @@ rule provenance:
 rule oracle_case:
     # Phantom only: k fresh acquisitions of a test case's anatomy (ground truth of p(image | mask)).
     input:
-        label=lambda w: case_table().loc[w.case, "label"],
+        unpack(oracle_input),
     output:
         renders=expand("results/oracle/{{contrast}}/{view}/{{case}}.npz", view=VIEWS),
     log:
@@ -188,6 +188,6 @@ rule oracle_case:
         seed=config["seed"],
         k=config["sampling"]["k"],
         labels=config["dataset"]["labels"],
-        preprocess=lambda w: preprocess_params(config, w.contrast),
+        preprocess=oracle_preprocess,  # the contrast's; the body envelope of the case's modality
     script:
         "../scripts/oracle.py"

@@ -25,6 +25,7 @@ rule train_diffusion:
         runtime=config["compute"]["train_runtime_min"],
         gpu=config["compute"]["gpus"],
     params:
+        **BODY_PARAMS,  # the body envelope's mask channel (preprocess.body)
         checkpoint="checkpoints/diffusion/{modality}_{view}.ckpt",
         diffusion=diffusion_params(config),  # what shapes the model: not the list of runs, no speed keys
         labels=config["dataset"]["labels"],
@@ -79,6 +80,7 @@ use rule sample_diffusion as sample_multimodal with:
         max_slices=config["evaluation"]["max_slices"],
         seed=config["seed"],
         mode="multimodal",
+        min_foreground=config["preprocess"]["min_foreground"],  # source slices left with fewer organ pixels are dropped
 
 
 rule gather_samples:

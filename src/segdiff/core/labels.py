@@ -70,6 +70,15 @@ class LabelMap:
     def max_id(self) -> int:
         return max(self.names)
 
+    @property
+    def body_id(self) -> int:
+        """The body envelope's id (``preprocess.body``): one above the largest organ id (16 for ``amos15``).
+
+        The one definition of that id: masks with the envelope carry it where a pixel is body and no
+        organ, and a diffusion model trained on them has ``body_id + 1`` mask channels.
+        """
+        return self.max_id + 1
+
     def check(self, label: np.ndarray, source: str | Path) -> None:
         """Check that a label array holds only ids of the map (or 0).
 

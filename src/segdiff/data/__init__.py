@@ -1,11 +1,12 @@
-"""From volumes to training data: slicing into views, shards, the slice store, loaders, in-memory slice sets,
-the phantom's oracle renders."""
+"""From volumes to training data: the body envelope, slicing into views, shards, the slice store, loaders,
+in-memory slice sets, the phantom's oracle renders."""
 
 from segdiff._api import lazy_api
 
 __getattr__, __dir__, __all__ = lazy_api(
     __name__,
     {
+        "body": ["BODY_MODES", "BodySettings", "body_mask", "add_body", "normalise_with_body"],
         "dataset": ["SliceSet", "stratified_subset"],
         "jobs": ["SliceCaseJob", "slice_case"],
         "loader": ["Slices", "LoaderSettings", "loader_settings", "StepBatches", "BatchReader", "step_loader"],

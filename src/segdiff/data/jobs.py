@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segdiff.core.labels import LabelMap, Remap
+from segdiff.data.body import BodySettings
 from segdiff.data.shards import write_case_shards
 from segdiff.sources.volumes import load_case
 
@@ -36,6 +37,8 @@ class SliceCaseJob:
         ct_window: the CT intensity window (None for an MRI case).
         mri_percentiles: the MRI normalisation percentiles (None for a CT case).
         previews_per_case: preview PNGs per view.
+        body: the body envelope (``preprocess.body``; off by default).
+        body_mask: the case's body mask (NIfTI, on the image's grid) for ``body.mode`` sheet, else None.
     """
 
     case: str
@@ -51,6 +54,8 @@ class SliceCaseJob:
     ct_window: Sequence[float] | None
     mri_percentiles: Sequence[float] | None
     previews_per_case: int
+    body: BodySettings = BodySettings()
+    body_mask: str | Path | None = None
 
 
 def slice_case(job: SliceCaseJob) -> dict[str, int]:
@@ -62,9 +67,11 @@ def slice_case(job: SliceCaseJob) -> dict[str, int]:
     Returns:
         view -> slices kept.
     """
-    volume = load_case(job.image, job.label, job.labels, job.remap)
+    volume = load_case(job.image, job.label, job.labels, job.remap,
+                       body_path=job.body_mask if job.body.mode == "sheet" else None)
     counts = write_case_shards(volume, job.modality, job.shards, job.previews, image_size=job.image_size,
                                min_foreground=job.min_foreground, ct_window=job.ct_window,
-                               mri_percentiles=job.mri_percentiles, previews_per_case=job.previews_per_case)
+                               mri_percentiles=job.mri_percentiles, previews_per_case=job.previews_per_case,
+                               body=job.body, body_id=job.labels.body_id)
     log.info("%s: slices per view %s (spacing %s mm)", job.case, counts, volume.spacing)
     return counts

@@ -10,7 +10,9 @@ perfect generator could have produced for that slice's mask.
 
 Oracle file ``results/oracle/{modality}/{view}/{case}.npz``: ``image`` float32 (N, k, H, W) in
 [0, 1], ``mask`` uint8 (N, H, W), ``slice`` int32 (N,) — the same slices, in the same order, as
-the case's shard of that view.
+the case's shard of that view. With the body envelope on (``preprocess.body``), the renders are sliced with the
+case's own mask, envelope included: the envelope is derived once from the case's own image, in its own
+modality, with the settings of its slicing job, so the oracle masks equal the shard's.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from segdiff.core.atomic import atomic_path
 from segdiff.core.errors import InputError
 from segdiff.core.labels import LabelMap
 from segdiff.sources.phantom import generate_case
+from segdiff.data.body import BodySettings, normalise_with_body
 from segdiff.data.slicing import normalise, slice_volume
 from segdiff.sources.volumes import load_case
 
@@ -51,6 +54,9 @@ class OracleJob:
         ct_window: the CT intensity window (``preprocess.ct_window``; None when ``contrast`` is MRI).
         mri_percentiles: the MRI normalisation percentiles (None when ``contrast`` is CT).
         outputs: the oracle files to write, ``.../{view}/{case}.npz``, one per view.
+        body: the body envelope of the case's slices (``preprocess.body`` of the case's modality; off by default).
+        case_image: the case's own image (where the envelope is derived from; needed when ``body`` is on).
+        case_modality: the case's own modality (``ct`` or ``mri``; needed when ``body`` is on).
     """
 
     case: str
@@ -65,6 +71,9 @@ class OracleJob:
     ct_window: Sequence[float] | None
     mri_percentiles: Sequence[float] | None
     outputs: Sequence[str | Path]
+    body: BodySettings = BodySettings()
+    case_image: str | Path | None = None
+    case_modality: str | None = None
 
 
 def render_oracle(
@@ -81,6 +90,9 @@ def render_oracle(
     min_foreground: int,
     ct_window: Sequence[float],
     mri_percentiles: Sequence[float],
+    body: BodySettings = BodySettings(),
+    case_image: str | Path | None = None,
+    case_modality: str | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """``k`` oracle renders of one phantom case in ``contrast``, sliced in each of ``views``.
 
@@ -104,16 +116,28 @@ def render_oracle(
         min_foreground: organ pixels a slice needs to be kept (``preprocess.min_foreground``).
         ct_window: the CT intensity window in HU (used when ``contrast`` is CT).
         mri_percentiles: the MRI normalisation percentiles (used when ``contrast`` is MRI).
+        body: the body envelope of the case's shards (``threshold`` or ``off``: the phantom has no body mask files).
+        case_image: the case's own image, which the envelope is derived from (``body`` on).
+        case_modality: the case's own modality (``body`` on).
 
     Returns:
         ``{view: {"image": (N, k, H, W), "mask": (N, H, W), "slice": (N,)}}``: render r of slice n is
         ``image[n, r - 1]``; mask and slice indices are those of the case's shard of that view.
 
     Raises:
-        ValueError: ``k`` below 1.
+        ValueError: ``k`` below 1; ``body`` on without ``case_image`` and ``case_modality``, or in mode ``sheet``.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    case_label, body_id = None, None
+    if body.on:
+        if body.mode != "threshold" or case_image is None or case_modality is None:
+            raise ValueError(f"oracle renders take the envelope of mode threshold from the case's own image "
+                             f"(mode {body.mode!r}, image {case_image!r}, modality {case_modality!r})")
+        own = load_case(case_image, label_path, labels)
+        normalise_with_body(own, case_modality, body, labels.body_id, mri_percentiles=body.mri_percentiles)
+        case_label, body_id = own.label, labels.body_id
+        del own
     shape, spacing = tuple(phantom["shape"]), tuple(phantom["spacing"])
     per_view: dict[str, list] = {view: [] for view in views}
     with tempfile.TemporaryDirectory(prefix="segdiff-oracle-") as tmp:
@@ -122,9 +146,12 @@ def render_oracle(
             path = Path(tmp) / f"{case}_{r}.nii.gz"
             nib.save(image, path)
             volume = load_case(path, label_path, labels)
+            if case_label is not None:
+                volume.label = case_label  # the case's mask with its envelope (the render's own outline is the same body)
             normalised = normalise(volume.image, contrast, ct_window, mri_percentiles, out=volume.image)
             for view in views:
-                per_view[view].append(slice_volume(volume, contrast, view, image_size, min_foreground, normalised=normalised))
+                per_view[view].append(slice_volume(volume, contrast, view, image_size, min_foreground, normalised=normalised,
+                                                   body_id=body_id))
             path.unlink()
     out = {}
     for view, shards in per_view.items():
@@ -218,5 +245,6 @@ def case_oracle(job: OracleJob) -> None:
     paths = {Path(p).parent.name: p for p in job.outputs}
     renders = render_oracle(job.case, job.contrast, job.label_path, job.phantom, job.seed, job.k, job.labels, list(paths),
                             image_size=job.image_size, min_foreground=job.min_foreground, ct_window=job.ct_window,
-                            mri_percentiles=job.mri_percentiles)
+                            mri_percentiles=job.mri_percentiles, body=job.body, case_image=job.case_image,
+                            case_modality=job.case_modality)
     write_oracle(renders, paths)

@@ -1,8 +1,9 @@
 """The file contract of the slicing stage: NPZ shards, PNG previews and per-subset manifests.
 
 ``results/slices/{modality}/{view}/{case}.npz`` holds ``image`` (float32 N x H x W in [0, 1]),
-``mask`` (uint8 N x H x W label ids), ``slice`` (int32 N, index along the view axis of the
-canonical RAS volume) and ``pixel_mm`` (scalar, isotropic pixel size in mm).
+``mask`` (uint8 N x H x W label ids: the organs', and with ``preprocess.body`` the body envelope's
+:attr:`~segdiff.core.labels.LabelMap.body_id` where a pixel is body and no organ), ``slice`` (int32 N,
+index along the view axis of the canonical RAS volume) and ``pixel_mm`` (scalar, isotropic pixel size in mm).
 Previews: ``{case}/slice_{index:04d}_image.png`` (8-bit gray) and ``..._mask.png`` (8-bit label ids).
 Manifest ``manifest.tsv``: one row per case with ``case, modality, view, split, n_slices, shard``.
 """
@@ -21,7 +22,8 @@ from PIL import Image
 
 from segdiff.core.atomic import atomic_dir, atomic_path
 from segdiff.core.errors import InputError
-from segdiff.data.slicing import Shard, ViewSlices, normalise, select_slices
+from segdiff.data.body import BodySettings, normalise_with_body
+from segdiff.data.slicing import Shard, ViewSlices, select_slices
 from segdiff.sources.volumes import Volume
 
 __all__ = ["write_case_shards", "read_shard", "preview_indices", "build_manifest", "MANIFEST_COLUMNS"]
@@ -116,8 +118,13 @@ def write_case_shards(
     ct_window: Sequence[float],
     mri_percentiles: Sequence[float],
     previews_per_case: int = 2,
+    body: BodySettings = BodySettings(),
+    body_id: int | None = None,
 ) -> dict[str, int]:
     """Slice ``volume`` in each view of ``shards`` (view -> .npz path) and write its preview folder.
+
+    With ``body`` on, the body envelope (:mod:`segdiff.data.body`) is written into ``volume.label`` as
+    ``body_id`` first; ``min_foreground`` still counts organ pixels only.
 
     Memory: ``volume.image`` is normalised in place (a copy would cost one more volume), and each
     view's slices are resized a chunk at a time and streamed into its shard, so beyond the volume
@@ -128,25 +135,33 @@ def write_case_shards(
     (nor one of an earlier run, so that views of two runs never mix).
 
     Args:
-        volume: the case's image and label volume (its image is normalised in place).
+        volume: the case's image and label volume (its image is normalised in place, its label gets the envelope).
         modality: ``ct`` or ``mri`` (the normalisation).
         shards: view -> the ``.npz`` shard to write.
         previews: view -> the preview folder to write.
         image_size: the side of the square slices.
-        min_foreground: slices with fewer foreground pixels are left out.
+        min_foreground: slices with fewer organ pixels are left out.
         ct_window: the CT intensity window (HU).
         mri_percentiles: the MRI normalisation percentiles.
         previews_per_case: preview images per view.
+        body: the body envelope's settings (``preprocess.body``; off by default).
+        body_id: the envelope's id (:attr:`~segdiff.core.labels.LabelMap.body_id`); needed when ``body`` is on.
 
     Returns:
         The number of slices written per view.
+
+    Raises:
+        ValueError: ``body`` on without a ``body_id``.
     """
-    normalised = normalise(volume.image, modality, ct_window, mri_percentiles, out=volume.image)
+    if body.on and body_id is None:
+        raise ValueError("a body envelope needs its body_id")
+    normalised = normalise_with_body(volume, modality, body, body_id or 0, ct_window, mri_percentiles)
+    body_id = body_id if body.on else None
     counts = {}
     with contextlib.ExitStack() as pending:  # exits in reverse: all renames, then the rollback if one failed
         pending.push(_remove_on_failure([*shards.values(), *previews.values()]))
         for view, path in shards.items():
-            cut = select_slices(volume, normalised, view, image_size, min_foreground)
+            cut = select_slices(volume, normalised, view, image_size, min_foreground, body_id)
             shown = _write_shard(cut, pending.enter_context(atomic_path(path)), previews_per_case)
             _write_previews(shown, pending.enter_context(atomic_dir(previews[view])))
             counts[view] = len(cut.slice)

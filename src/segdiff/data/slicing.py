@@ -270,7 +270,16 @@ class ViewSlices:
                      slice=self.slice, pixel_mm=self.pixel_mm)
 
 
-def select_slices(volume: Volume, normalised: np.ndarray, view: str, image_size: int, min_foreground: int = 1) -> ViewSlices:
+def _organ_pixels(block: np.ndarray, body_id: int | None) -> np.ndarray:
+    """Organ pixels per slice of a (n, H, W) block of masks: neither background nor the body envelope."""
+    flat = block.reshape(len(block), -1)
+    if body_id is None:
+        return np.count_nonzero(flat, axis=1)
+    return np.count_nonzero((flat != 0) & (flat != body_id), axis=1)
+
+
+def select_slices(volume: Volume, normalised: np.ndarray, view: str, image_size: int, min_foreground: int = 1,
+                  body_id: int | None = None) -> ViewSlices:
     """The slices of one view with enough foreground after resizing.
 
     Only the per-slice foreground counts are computed here; the resized slices are computed when
@@ -281,13 +290,14 @@ def select_slices(volume: Volume, normalised: np.ndarray, view: str, image_size:
         normalised: the normalised image of ``volume``.
         view: ``axial``, ``coronal`` or ``sagittal``.
         image_size: the side of the resized slices.
-        min_foreground: the least mask pixels a kept slice has after resizing.
+        min_foreground: the least organ pixels a kept slice has after resizing.
+        body_id: the body envelope's id in ``volume.label`` (not an organ: not counted), or None.
 
     Returns:
         The selected slices, resized on demand.
     """
     mask_stack, pixel = view_stack(volume.label, volume.spacing, view)
-    counts = [np.count_nonzero(b.reshape(len(b), -1), axis=1) for b in resize_chunks(mask_stack, pixel, image_size, labels=True)]
+    counts = [_organ_pixels(b, body_id) for b in resize_chunks(mask_stack, pixel, image_size, labels=True)]
     keep = np.flatnonzero(np.concatenate([np.zeros(0, np.int64), *counts]) >= min_foreground).astype(np.int32)
     image_stack, _ = view_stack(normalised, volume.spacing, view)
     return ViewSlices(image_stack, mask_stack, pixel, image_size, keep, fitted_shape(mask_stack.shape[1:], pixel, image_size)[1])
@@ -302,6 +312,7 @@ def slice_volume(
     ct_window=(-175.0, 250.0),
     mri_percentiles=(0.5, 99.5),
     normalised: np.ndarray | None = None,
+    body_id: int | None = None,
 ) -> Shard:
     """Cut one view of a volume into normalised, resized slices.
 
@@ -310,13 +321,14 @@ def slice_volume(
         modality: ``ct`` or ``mri`` (the normalisation).
         view: ``axial``, ``coronal`` or ``sagittal``.
         image_size: the side of the resized slices.
-        min_foreground: the least mask pixels a kept slice has after resizing.
+        min_foreground: the least organ pixels a kept slice has after resizing.
         ct_window: the CT window in HU.
         mri_percentiles: the MRI percentiles.
         normalised: the already normalised image, to share that work between views.
+        body_id: the body envelope's id in ``volume.label`` (not counted as foreground), or None.
 
     Returns:
         The kept slices in memory.
     """
     image = normalise(volume.image, modality, ct_window, mri_percentiles) if normalised is None else normalised
-    return select_slices(volume, image, view, image_size, min_foreground).shard()
+    return select_slices(volume, image, view, image_size, min_foreground, body_id).shard()

@@ -274,7 +274,8 @@ def create_app(results: str | Path = "results", device: str = "auto", settings: 
         if not 0 <= index < len(test):
             raise HTTPException(404, f"test slice {index} is out of range: 0..{len(test) - 1}")
         one = test.take(np.array([index]))
-        return {"mask": encode_mask(one.mask[0]), "case": str(one.case[0]), "view": str(one.view[0]),
+        mask = np.where(one.mask[0] > labels.max_id, 0, one.mask[0]).astype(np.uint8)  # organs only: no body envelope
+        return {"mask": encode_mask(mask), "case": str(one.case[0]), "view": str(one.view[0]),
                 "slice": int(one.slice[0]), "index": index}
 
     @app.post("/api/upload")

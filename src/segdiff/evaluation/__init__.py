@@ -1,5 +1,5 @@
 """Scoring generations: metric formulas, feature networks (``features``), the poster authors' protocol,
-a run's evaluation job and the evaluation figures."""
+the oracle-free quality gate, a run's evaluation job and the evaluation figures."""
 
 from segdiff._api import lazy_api
 
@@ -14,6 +14,10 @@ __getattr__, __dir__, __all__ = lazy_api(
         "poster": [
             "POSTER_DICE_LOSS_ARGS", "to_uint8_generated", "to_uint8_original", "poster_dice",
             "poster_psnr", "poster_ssim",
+        ],
+        "quality": [
+            "HIGHPASS_SIGMA", "EROSION_PX", "TEXTURE_RATIO_MIN", "K_SPREAD_MIN", "DICE_RATIO_MIN", "organ_region",
+            "highpass", "texture_energy", "texture_ratio", "k_spread", "quality_flags",
         ],
         "run": ["EvaluationJob", "evaluate_run", "recompute_metrics", "evaluation_job", "METRIC_KEYS"],
     },

@@ -336,14 +336,18 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
 # --------------------------------------------------------------------------- diversity
 
 
-def diversity(generated: np.ndarray, mask: np.ndarray, ddof: int = 0) -> dict[str, float]:
+def diversity(generated: np.ndarray, mask: np.ndarray, ddof: int = 0,
+              organs: Sequence[int] | None = None) -> dict[str, float]:
     """Pixel-wise spread of several generations for the same mask.
 
     Args:
         generated: ``(N, k, H, W)``: ``k >= 2`` generations for each of ``N`` masks.
-        mask: ``(N, H, W)`` label maps; pixels with ``mask > 0`` are inside organs.
+        mask: ``(N, H, W)`` label maps; pixels with ``mask > 0`` are inside organs (or, with
+            ``organs``, pixels whose id is one of them).
         ddof: Delta degrees of freedom of the standard deviation (0: population std, numpy's
             default).
+        organs: the organ ids (the label map's ids); None: every id but 0. Give them when the masks
+            may hold a non-organ id (a body envelope): its pixels then count as outside.
 
     Returns:
         ``{"inside": ..., "outside": ...}``: mean over pixels (pooled over all slices) of the
@@ -368,7 +372,8 @@ def diversity(generated: np.ndarray, mask: np.ndarray, ddof: int = 0) -> dict[st
     chunk = max(1, (1 << 24) // max(1, k * h * w))  # bound the float64 temporaries
     for start in range(0, n, chunk):
         std = np.std(generated[start : start + chunk], axis=1, dtype=np.float64, ddof=ddof)
-        inside = mask[start : start + chunk] > 0
+        part = mask[start : start + chunk]
+        inside = part > 0 if organs is None else np.isin(part, [int(c) for c in organs])
         sums["inside"] += float(std[inside].sum())
         sums["outside"] += float(std[~inside].sum())
         counts["inside"] += int(inside.sum())
@@ -376,7 +381,8 @@ def diversity(generated: np.ndarray, mask: np.ndarray, ddof: int = 0) -> dict[st
     return {key: sums[key] / counts[key] if counts[key] else float("nan") for key in sums}
 
 
-def diversity_ratio(generated: np.ndarray, oracle: np.ndarray, mask: np.ndarray, ddof: int = 0) -> float:
+def diversity_ratio(generated: np.ndarray, oracle: np.ndarray, mask: np.ndarray, ddof: int = 0,
+                    organs: Sequence[int] | None = None) -> float:
     """Diversity inside the organs relative to that of a reference generator for the same masks.
 
     ``diversity(generated, mask)["inside"] / diversity(oracle, mask)["inside"]``: 1 means the
@@ -389,6 +395,7 @@ def diversity_ratio(generated: np.ndarray, oracle: np.ndarray, mask: np.ndarray,
             may differ from ``k``; with ``ddof=0`` equal counts compare like with like).
         mask: ``(N, H, W)`` label maps; pixels with ``mask > 0`` are inside organs.
         ddof: Delta degrees of freedom of the standard deviations, see :func:`diversity`.
+        organs: the organ ids, see :func:`diversity` (None: every id but 0).
 
     Returns:
         The ratio; NaN when the oracle's spread inside the organs is 0 or no pixel is inside.
@@ -406,8 +413,8 @@ def diversity_ratio(generated: np.ndarray, oracle: np.ndarray, mask: np.ndarray,
         raise ValueError(
             f"oracle {oracle.shape} does not render the same (N, ., H, W) masks as generated {generated.shape}"
         )
-    spread = diversity(oracle, mask, ddof)["inside"]
-    own = diversity(generated, mask, ddof)["inside"]
+    spread = diversity(oracle, mask, ddof, organs)["inside"]
+    own = diversity(generated, mask, ddof, organs)["inside"]
     if not np.isfinite(spread) or spread == 0:
         return float("nan")
     return float(own / spread)

@@ -15,7 +15,13 @@ Definitions (also in the README):
   *oracle floor*, the same distance for oracle renders vs the real slices.
 - Diversity ratio: per-pixel std across the k generations of each mask divided by the per-pixel
   std across k oracle renders of the same masks, inside organs (goal 0.5-1.5; 0 for a model that
-  returns one image per mask).
+  returns one image per mask); ``diversity_outside_*`` the same outside the organs.
+- Quality gate (:mod:`segdiff.evaluation.quality`, no oracle needed): texture ratio (high-frequency
+  energy of the generations vs the real slices inside eroded organs), k-spread (per-pixel std across
+  the k generations vs the real slices' fine-texture std) and ``quality_flags``, one line per failed
+  check (texture, k-spread, Dice ratio), each saying why.
+- "Inside organs" is always the label map's ids (``class_ids``): a non-organ id in the masks (a body
+  envelope) counts as outside, and Dice, poster Dice included, scores it as background.
 - Poster protocol (:mod:`segdiff.evaluation.poster`): the poster authors' eval.py definitions, for a
   number-for-number comparison with the poster's table.
 
@@ -46,6 +52,7 @@ from segdiff.evaluation.metrics import DiceAccumulator, GaussianStats, dice_per_
 from segdiff.data.oracle import gather_oracle
 from segdiff.evaluation.features.poster import PosterInceptionFeatures
 from segdiff.evaluation.poster import poster_dice, poster_psnr, poster_ssim
+from segdiff.evaluation.quality import k_spread, quality_flags, texture_ratio
 from segdiff.models.segmentor import load_segmentor, predict
 from segdiff.data.store import SliceStore
 from segdiff.sources.weights import WeightsUnavailable
@@ -58,7 +65,8 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = (
     "psnr", "ssim", "fid", "frd", "fd_seg", "dice_orig", "dice_gen", "dice_ratio", "diversity_ratio", "diversity_gen",
     "diversity_oracle", "psnr_oracle", "ssim_oracle", "fid_oracle", "frd_oracle", "fd_seg_oracle", "dice_oracle",
-    "psnr_poster", "ssim_poster", "fid_poster", "dice_orig_poster", "dice_gen_poster",
+    "psnr_poster", "ssim_poster", "fid_poster", "dice_orig_poster", "dice_gen_poster", "texture_ratio", "k_spread",
+    "diversity_outside_gen", "diversity_outside_oracle", "diversity_outside_ratio",
 )
 
 #: feature sets saved in the arrays: name -> extractor factory (weights path, device) -> callable
@@ -95,6 +103,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or not b else float(a / b)
 
 
+def _organs_only(labels: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+    """``labels`` with every id that is not an organ (e.g. a body envelope) set to background 0."""
+    labels = np.asarray(labels)
+    return np.where(np.isin(labels, list(class_ids)), labels, 0).astype(labels.dtype, copy=False)
+
+
+def _diversity(images: np.ndarray | None, mask: np.ndarray, class_ids: Sequence[int]) -> dict[str, float | None]:
+    """Per-pixel std across k inside and outside the organs; None for both without k >= 2 images."""
+    if images is None or images.shape[1] < 2:
+        return {"inside": None, "outside": None}
+    return {key: (None if np.isnan(v) else v) for key, v in diversity(images, mask, organs=class_ids).items()}
+
+
 def recompute_metrics(arrays: dict, class_ids: list[int], num_classes: int) -> dict:
     """Every number of the table from the saved arrays alone (no model needed).
 
@@ -103,30 +124,38 @@ def recompute_metrics(arrays: dict, class_ids: list[int], num_classes: int) -> d
             originals, masks, the segmentor's predictions, the feature sets and, with oracle renders,
             ``oracle`` and what was computed from it.
         class_ids: the organ ids the Dice scores average over (the label map's ids).
-        num_classes: the label map's largest id + 1 (background included), for the poster's Dice.
+        num_classes: the label map's largest id + 1 (background included), for the poster's Dice. Mask or
+            prediction ids that are not in ``class_ids`` (a body envelope) count as background.
 
     Returns:
         Every key of :data:`METRIC_KEYS` (None where the number cannot exist: PSNR/SSIM of a multi-modal
-        run, oracle numbers without oracle renders, diversity with k = 1, a Fréchet distance without its
-        features), plus the per-organ Dice ``dice_gen_per_class``, ``dice_orig_per_class`` and
-        ``dice_oracle_per_class``.
+        run, oracle numbers without oracle renders, diversity and k-spread with k = 1, a Fréchet distance
+        without its features, a quality number without organ pixels), plus the per-organ Dice
+        ``dice_gen_per_class``, ``dice_orig_per_class`` and ``dice_oracle_per_class`` and ``quality_flags``
+        (:func:`segdiff.evaluation.quality.quality_flags`: one line per failed check, empty when it passes).
     """
     paired = bool(arrays["paired"])
     generated, mask = arrays["generated"], arrays["mask"]
     oracle = arrays.get("oracle")
     first = generated[:, 0]
-    dice_gen = _dice(arrays["pred_generated"], mask, class_ids)
-    dice_orig = _dice(arrays["pred_reference"], arrays["reference_mask"], class_ids)
-    dice_oracle = _dice(arrays["pred_oracle"], mask, class_ids) if oracle is not None else None
-    div_gen = diversity(generated, mask)["inside"] if generated.shape[1] > 1 else None
-    div_oracle = diversity(oracle, mask)["inside"] if oracle is not None and oracle.shape[1] > 1 else None
+    # Dice scores organs only: a non-organ id (body envelope) is background, in masks and predictions alike
+    organ_mask, reference_mask = _organs_only(mask, class_ids), _organs_only(arrays["reference_mask"], class_ids)
+    pred_gen, pred_ref = _organs_only(arrays["pred_generated"], class_ids), _organs_only(arrays["pred_reference"], class_ids)
+    dice_gen = _dice(pred_gen, organ_mask, class_ids)
+    dice_orig = _dice(pred_ref, reference_mask, class_ids)
+    dice_oracle = _dice(arrays["pred_oracle"], organ_mask, class_ids) if oracle is not None else None
+    div_gen, div_oracle = _diversity(generated, mask, class_ids), _diversity(oracle, mask, class_ids)
+    reference = (arrays["reference_image"], arrays["reference_mask"], class_ids)
     out = {
         "psnr": float(np.mean(psnr(first, arrays["original"]))) if paired else None,
         "ssim": float(np.mean(ssim(first, arrays["original"]))) if paired else None,
         "fid": _fd(arrays, "fid", "generated"), "frd": _fd(arrays, "radiomics", "generated"),
         "fd_seg": _fd(arrays, "features", "generated"),
         "dice_orig": dice_orig.mean(), "dice_gen": dice_gen.mean(),
-        "diversity_gen": div_gen, "diversity_oracle": div_oracle, "diversity_ratio": _ratio(div_gen, div_oracle),
+        "diversity_gen": div_gen["inside"], "diversity_oracle": div_oracle["inside"],
+        "diversity_ratio": _ratio(div_gen["inside"], div_oracle["inside"]),
+        "diversity_outside_gen": div_gen["outside"], "diversity_outside_oracle": div_oracle["outside"],
+        "diversity_outside_ratio": _ratio(div_gen["outside"], div_oracle["outside"]),
         "psnr_oracle": float(np.mean(psnr(oracle[:, 0], arrays["original"]))) if paired and oracle is not None else None,
         "ssim_oracle": float(np.mean(ssim(oracle[:, 0], arrays["original"]))) if paired and oracle is not None else None,
         "fid_oracle": _fd(arrays, "fid", "oracle"), "frd_oracle": _fd(arrays, "radiomics", "oracle"),
@@ -135,12 +164,14 @@ def recompute_metrics(arrays: dict, class_ids: list[int], num_classes: int) -> d
         "psnr_poster": float(np.nanmean(poster_psnr(first, arrays["original"]))) if paired else None,
         "ssim_poster": float(np.nanmean(poster_ssim(first, arrays["original"]))) if paired else None,
         "fid_poster": _fd(arrays, "fid_poster", "generated"),
-        "dice_orig_poster": float(np.mean(poster_dice(arrays["pred_reference"], arrays["reference_mask"], num_classes))),
-        "dice_gen_poster": float(np.mean(poster_dice(arrays["pred_generated"], mask, num_classes))),
+        "dice_orig_poster": float(np.mean(poster_dice(pred_ref, reference_mask, num_classes))),
+        "dice_gen_poster": float(np.mean(poster_dice(pred_gen, organ_mask, num_classes))),
+        "texture_ratio": texture_ratio(generated, mask, *reference), "k_spread": k_spread(generated, mask, *reference),
         "dice_gen_per_class": dice_gen.per_class(), "dice_orig_per_class": dice_orig.per_class(),
         "dice_oracle_per_class": dice_oracle.per_class() if dice_oracle is not None else {},
     }
     out["dice_ratio"] = _ratio(out["dice_gen"], out["dice_orig"])
+    out["quality_flags"] = quality_flags(out["texture_ratio"], out["k_spread"], out["dice_ratio"])
     return out
 
 
@@ -224,6 +255,8 @@ def evaluate_run(
             log.warning("%s: %s n/a: %s", label, name, note)
     class_ids = labels.ids
     metrics = recompute_metrics(arrays, class_ids, labels.max_id + 1)
+    for flag in metrics["quality_flags"]:
+        log.warning("%s: quality flag: %s", label, flag)
     index, share, sd, z = dominant_feature(arrays["radiomics_reference"], arrays["radiomics_generated"])
     frd_note = (f"{label}: one radiomic feature (#{index}, std {sd:.2g} across the real slices) is {z:.0f} standard "
                 f"deviations off and makes {share:.0%} of the FRD mean term (FRDv1 z-scores by the real set)"
@@ -239,7 +272,10 @@ def evaluate_run(
     summary = {
         "label": label, "mode": mode, "n_slices": int(len(generated)), "k": int(generated.shape[1]),
         "n_reference": int(len(reference)), "oracle": bool(len(oracle)),
-        **{key: metrics[key] for key in METRIC_KEYS},
+        **{key: metrics[key] for key in METRIC_KEYS}, "quality_flags": metrics["quality_flags"],
+        # multi-modal: source slices whose mask had too few organ pixels left once the model's unseen organs were
+        # set to background (not sampled, not evaluated)
+        "n_dropped_empty": int(gen["info"].get("dropped_empty", 0)),
         "fid_note": notes["fid"], "fid_poster_note": notes["fid_poster"], "frd_note": frd_note,
         "per_organ": {labels.names[c]: {kind: metrics[f"{kind}_per_class"].get(c) for kind in ("dice_orig", "dice_gen", "dice_oracle")}
                       for c in class_ids if c in metrics["dice_orig_per_class"] or c in metrics["dice_gen_per_class"]},

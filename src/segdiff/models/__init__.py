@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_api(
         ],
         "jobs": ["DiffusionTrainJob", "SegmentorTrainJob", "train_diffusion", "train_segmentor"],
         "segmentor": [
-            "SegmentorConfig", "build_segmentor", "augment", "batch_dice_ce", "fit_segmentor",
+            "SegmentorConfig", "build_segmentor", "organ_targets", "augment", "batch_dice_ce", "fit_segmentor",
             "save_segmentor", "load_segmentor", "predict",
         ],
         "training": [

@@ -23,8 +23,8 @@ from segdiff.core.errors import InputError
 from segdiff.data.loader import LoaderSettings, Slices, step_loader
 from segdiff.models.training import TrainResult, TrainSettings, train
 
-__all__ = ["SegmentorConfig", "build_segmentor", "augment", "batch_dice_ce", "fit_segmentor", "save_segmentor", "load_segmentor",
-           "predict"]
+__all__ = ["SegmentorConfig", "build_segmentor", "organ_targets", "augment", "batch_dice_ce", "fit_segmentor",
+           "save_segmentor", "load_segmentor", "predict"]
 
 
 @dataclass
@@ -41,6 +41,23 @@ class SegmentorConfig:
 def build_segmentor(config: SegmentorConfig) -> UNet:
     return UNet(spatial_dims=2, in_channels=1, out_channels=config.num_classes, channels=tuple(config.channels),
                 strides=tuple(config.strides), num_res_units=config.num_res_units)
+
+
+def organ_targets(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Masks as the segmentor's targets: the organs only.
+
+    The segmentor has a class per organ id and background (``num_classes`` = the label map's largest
+    id + 1); any id at or above it, i.e. the body envelope (:attr:`~segdiff.core.labels.LabelMap.body_id`,
+    ``preprocess.body``), becomes background, so its Dice scores the organs alone.
+
+    Args:
+        masks: integer label ids, any shape.
+        num_classes: the segmentor's classes, background included.
+
+    Returns:
+        A copy of the masks with every id ``>= num_classes`` set to 0 (no device sync: no test first).
+    """
+    return masks.masked_fill(masks >= num_classes, 0)
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
@@ -166,7 +183,7 @@ def fit_segmentor(slices: Slices, config: SegmentorConfig, settings: TrainSettin
         return batch_dice_ce(logits, labels, rank) if rank.distributed else monai_loss(logits, labels)
 
     def loss_fn(net, batch, generator):
-        x, y = batch[0], batch[1].unsqueeze(1)
+        x, y = batch[0], organ_targets(batch[1].unsqueeze(1), config.num_classes)
         if augmentation:
             x, y = augment(x, y, generator, rank=rank)
         return loss(net(x).float(), y.long()), len(x)

@@ -12,8 +12,9 @@ import jsonschema
 import yaml
 
 from segdiff.core.errors import ConfigError
+from segdiff.core.labels import LabelMap
 
-__all__ = ["validate_config", "load_config", "parse_run", "coerce_strings"]
+__all__ = ["validate_config", "load_config", "parse_run", "coerce_strings", "check_body"]
 
 
 def _with_defaults(validator_class):
@@ -88,7 +89,8 @@ def coerce_strings(value: Any, schema: Mapping[str, Any]) -> Any:
     true/false/yes/no/on/off, any case) or null where the schema wants that type and not a string;
     lists and mappings are followed through ``items``/``prefixItems`` and
     ``properties``/``additionalProperties``. A string that spells none of the wanted types is kept,
-    so validation names its key.
+    so validation names its key. A boolean where the schema wants a string whose ``enum`` lists
+    ``off`` (``on``) becomes that word: YAML 1.1 reads an unquoted ``mode: off`` as false.
 
     Args:
         value: a config value: a scalar, or a list or dict nested to any depth.
@@ -101,6 +103,10 @@ def coerce_strings(value: Any, schema: Mapping[str, Any]) -> Any:
     """
     if not isinstance(schema, Mapping):
         return value
+    if isinstance(value, bool) and schema.get("type") == "string":
+        # YAML 1.1 reads an unquoted off/on (``mode: off``) as a boolean: back to the word the enum lists
+        word = "on" if value else "off"
+        return word if word in schema.get("enum", ()) else value
     if isinstance(value, str):
         types = schema.get("type", [])
         types = [types] if isinstance(types, str) else list(types)
@@ -188,3 +194,26 @@ def parse_run(spec: str) -> tuple[str | None, str, str]:
     if match is None:
         raise ConfigError("run", f"{spec!r} is not modality/view or source>target/view")
     return match["source"], match["modality"], match["view"]
+
+
+def check_body(config: Mapping[str, Any], labels: LabelMap) -> None:
+    """Refuse a body envelope (``preprocess.body``) the dataset cannot have, before any job.
+
+    Args:
+        config: the validated workflow config.
+        labels: the study's label map (the envelope's id is its largest id + 1).
+
+    Raises:
+        ConfigError: naming ``preprocess.body.mode``: an envelope whose id does not fit the uint8 masks
+            (a map with id 255), or mode ``sheet`` without a case sheet (``dataset.source`` phantom or amos).
+    """
+    mode = config["preprocess"]["body"]["mode"]
+    if mode == "off":
+        return
+    if labels.body_id > 255:
+        raise ConfigError("preprocess.body.mode", f"the label map's largest id is {labels.max_id}: the body id "
+                                                  f"{labels.body_id} does not fit the uint8 masks")
+    if mode == "sheet" and config["dataset"]["source"] != "sheet":
+        raise ConfigError("preprocess.body.mode", f"sheet reads each case's body mask from the case sheet's column "
+                                                  f"'body', but dataset.source is {config['dataset']['source']!r} "
+                                                  "(use threshold, or off)")

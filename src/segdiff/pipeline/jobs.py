@@ -366,7 +366,7 @@ def oracle_trainset_job(snakemake: Any) -> OracleTrainsetJob:
     pre = dict(p.preprocess)
     views = [Path(s).parent.name for s in snakemake.input.stores]
     common = {key: pre.pop(key, None) for key in ("image_size", "min_foreground", "ct_window", "mri_percentiles")}
-    for key in ("keep_shards", "previews_per_case"):
+    for key in ("keep_shards", "previews_per_case", "body"):  # body: the set keeps the store's masks, envelope included
         pre.pop(key, None)
     return OracleTrainsetJob(modality=snakemake.wildcards.modality, cases=dict(p.label_files),
                              stores=dict(zip(views, _paths(snakemake.input.stores))), splits=list(p.splits),

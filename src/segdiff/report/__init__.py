@@ -10,6 +10,9 @@ __getattr__, __dir__, __all__ = lazy_api(
             "loss_panels_figure", "generation_grid_figure", "generations_panel_figure",
             "oracle_vs_generated_figure", "dice_per_organ_figure", "metrics_by_run_figure",
         ],
-        "tables": ["ROWS", "run_label", "build_tables", "table_notes", "write_tables"],
+        "tables": [
+            "ROWS", "QUALITY_ROW", "run_label", "flag_name", "quality_cell", "build_tables", "table_notes",
+            "quality_warnings", "write_tables",
+        ],
     },
 )

@@ -58,9 +58,9 @@ def show_overlay(ax, image: np.ndarray, mask: np.ndarray | None, labels: LabelMa
         alpha: the mask's opacity.
     """
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    if mask is not None:
-        ax.imshow(np.ma.masked_equal(mask, 0), cmap=label_colormap(labels), vmin=0, vmax=labels.max_id,
-                  alpha=alpha, interpolation="nearest")
+    if mask is not None:  # the organs only: a body envelope (labels.body_id, preprocess.body) is not drawn
+        shown = np.ma.masked_where((mask == 0) | (mask > labels.max_id), mask)
+        ax.imshow(shown, cmap=label_colormap(labels), vmin=0, vmax=labels.max_id, alpha=alpha, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -213,17 +213,22 @@ def _aspect(image: np.ndarray) -> float:
 
 
 def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, generated: np.ndarray, labels: LabelMap,
-                           out: str | Path, title: str, rows: int = 6) -> None:
+                           out: str | Path, title: str, rows: int = 6, original_title: str = "Original") -> list[str]:
     """Columns Original | Segmentation | Generation 1..k for up to ``rows`` slices spread over the set.
 
     Args:
-        original: (N, H, W) real images in [0, 1], or None (multi-modal: no paired image).
+        original: (N, H, W) real images in [0, 1] (for a multi-modal run, the source modality's slices the
+            masks come from), or None (the first column stays blank).
         mask: (N, H, W) the masks generated from.
         generated: (N, k, H, W) generations in [0, 1].
         labels: the label map (the colours).
         out: the image file to write.
         title: the figure's title.
         rows: the most slices shown.
+        original_title: the first column's title (e.g. ``CT (source)`` for a CT→MRI run).
+
+    Returns:
+        The column titles, first column first.
     """
     n, k = generated.shape[:2]
     picks = np.unique(np.linspace(0, n - 1, min(rows, n)).round().astype(int))
@@ -238,11 +243,13 @@ def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, genera
         for j in range(k):
             show_overlay(axes[r][2 + j], generated[i, j], None, labels)
     names = [f"Generation {j + 1}" if k > 1 else "Generation" for j in range(k)]
-    _column_titles(fig, axes[0], ["Original", "Segmentation", *names])
+    titles = [original_title, "Segmentation", *names]
+    _column_titles(fig, axes[0], titles)
     fig.suptitle(title, fontsize=9, y=1 - 0.08 / fig.get_figheight(), va="top")
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    return titles
 
 
 def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, out: str | Path) -> None:

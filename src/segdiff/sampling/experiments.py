@@ -6,18 +6,23 @@
   from it (``reconstruction=`` of :func:`run_generation`) instead of sampling the same thing twice;
 - ``multimodal``: ``k`` generations for each test mask of another modality (e.g. CT) through
   this model (e.g. MRI); organs the model never saw in training (``meta["classes_seen"]``)
-  become background first.
+  become background first, and the slices left with fewer than ``min_foreground`` organ pixels
+  (``preprocess.min_foreground``, the rule that kept them in the shards) are dropped: they are
+  neither sampled nor evaluated, and ``info["dropped_empty"]`` counts them.
 
 Output ``.npz`` (one per run and mode): ``generated`` float32 (N, k, H, W) in [0, 1],
 ``original`` float32 (N, H, W) (the real slice the mask belongs to; for multi-modal it is of the
 *source* modality), ``mask`` uint8 (N, H, W), ``case`` (N,) str, ``slice`` (N,) int32,
-``view`` (N,) str, ``seed`` int, and ``info`` (a JSON string: mode, model, sampler settings).
+``view`` (N,) str, ``seed`` int, and ``info`` (a JSON string: mode, model, sampler settings,
+``classes_set_to_background`` and ``dropped_empty``, the source slices a multi-modal run dropped).
 
 A run's sampling can be split over jobs (``sampling.chunks``, Snakemake's scatter/gather):
 :func:`sample_chunk` samples one contiguous part of the test subset (:func:`chunk_bounds`) into a
 *chunk file* (a generation file of that part plus ``part``, a JSON record of where it sits in the
 subset), and :func:`merge_chunks` checks the parts fit together and writes the run's files, equal
-array for array (``info`` included) to what the unsplit :func:`sample_run` writes.
+array for array (``info`` included) to what the unsplit :func:`sample_run` writes. A multi-modal
+chunk holds fewer slices than its bounds when it dropped some; its ``part`` lists them
+(``dropped``: subset position, case, view, slice) so the merge still checks the whole subset.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class SampleJob:
         out: the chunk file (:func:`sample_chunk`) or, for :func:`sample_run`, the run's generation file.
         chunk: the part, 0-based (:func:`segdiff.sampling.chunks.chunk_bounds`).
         chunks: parts the run is split into (1: the whole subset).
+        min_foreground: multi-modal only: slices with fewer organ pixels once the organs the model never saw are
+            background are dropped (``preprocess.min_foreground``; 0 keeps every slice).
     """
 
     model: str | Path
@@ -81,6 +88,7 @@ class SampleJob:
     out: str | Path
     chunk: int = 0
     chunks: int = 1
+    min_foreground: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,8 @@ class SampleRunJob:
         reconstruction: with ``mode`` multi-inference, the reconstruction file taken from it (generation 1).
         reconstruction_grid: the PNG grid of the reconstruction file.
         title: the grids' title (after the mode).
+        source: a multi-modal run's mask modality (``ct``): its grid's first column, the source slices, is
+            titled ``CT (source)``.
     """
 
     sample: SampleJob
@@ -102,6 +112,7 @@ class SampleRunJob:
     reconstruction: str | Path | None = None
     reconstruction_grid: str | Path | None = None
     title: str = ""
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,8 @@ class GatherJob:
         reconstruction: from a multi-inference run, the reconstruction file taken from it (generation 1).
         reconstruction_grid: the PNG grid of the reconstruction file.
         title: the grids' title (after the mode).
+        source: a multi-modal run's mask modality (``ct``): its grid's first column, the source slices, is
+            titled ``CT (source)``.
     """
 
     parts: Sequence[str | Path]
@@ -125,6 +138,7 @@ class GatherJob:
     reconstruction: str | Path | None = None
     reconstruction_grid: str | Path | None = None
     title: str = ""
+    source: str = ""
 
 
 def run_generation(
@@ -137,6 +151,7 @@ def run_generation(
     out: str | Path,
     k: int = 1,
     reconstruction: str | Path | None = None,
+    min_foreground: int = 0,
 ) -> dict:
     """Sample ``mode`` for every slice of ``test`` and write ``out`` (.npz) atomically; returns the arrays.
 
@@ -151,6 +166,8 @@ def run_generation(
         k: generations per mask (a reconstruction samples 1 whatever ``k``).
         reconstruction: multi-inference only: generation 1 of every mask is also written there as the
             reconstruction experiment's file (it appears together with ``out``); None: no such file.
+        min_foreground: multi-modal only: slices left with fewer organ pixels once the organs the model never
+            saw are background are dropped (counted in ``info["dropped_empty"]``).
 
     Returns:
         The arrays written to ``out`` (see the module docstring; ``info`` as a JSON string).
@@ -163,14 +180,15 @@ def run_generation(
         raise ValueError(f"unknown mode {mode!r} (expected one of {MODES})")
     if reconstruction is not None and mode != "multi_inference":
         raise ValueError("a reconstruction file can only be taken from a multi-inference run")
-    arrays = _generation_arrays(model_path, test, mode, settings, seed, device, k)
+    arrays, _ = _generation_arrays(model_path, test, mode, settings, seed, device, k, min_foreground)
     _write_generation(arrays, out, reconstruction)
     return arrays
 
 
 def _generation_arrays(model_path: str | Path, test: SliceSet, mode: str, settings: SamplerSettings, seed: int,
-                       device: torch.device, k: int) -> dict:
-    """The arrays of a generation file for the slices of ``test`` (see the module docstring)."""
+                       device: torch.device, k: int, min_foreground: int = 0) -> tuple[dict, np.ndarray]:
+    """The arrays of a generation file for the slices of ``test`` (see the module docstring), and the positions
+    in ``test`` of the slices they hold (all but those a multi-modal run dropped)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (expected one of {MODES})")
     model, scheduler_config, meta = load_diffusion(model_path, device)
@@ -186,6 +204,17 @@ def _generation_arrays(model_path: str | Path, test: SliceSet, mode: str, settin
             log.info("%s: organ ids %s absent from the model's training masks set to background (%d pixels)",
                      model_path, dropped, int(unseen.sum()))
             test = SliceSet(test.image, np.where(unseen, 0, test.mask).astype(np.uint8), test.case, test.slice, test.view)
+    kept, dropped_empty = np.arange(len(test)), 0
+    if mode == "multimodal":
+        # a slice whose organs were all (or all but a few pixels) unseen has nothing left to generate from
+        organ_ids = [int(c) for c in meta.get("labels") or {}]
+        organs = np.isin(test.mask, organ_ids) if organ_ids else test.mask > 0
+        kept = np.flatnonzero(np.count_nonzero(organs.reshape(len(test), -1), axis=1) >= min_foreground)
+        dropped_empty = len(test) - len(kept)
+        if dropped_empty:
+            log.info("%s: %d of %d source slices dropped: fewer than %d organ pixels once unseen organs are background",
+                     model_path, dropped_empty, len(test), min_foreground)
+            test = test.take(kept)
     k = 1 if mode == "reconstruction" else k
     # one seed per (case, view, slice, k): independent of batch size and job order
     seeds = [sample_seed(seed, f"{c}/{v}", s, j) for c, v, s in zip(test.case, test.view, test.slice) for j in range(k)]
@@ -196,8 +225,8 @@ def _generation_arrays(model_path: str | Path, test: SliceSet, mode: str, settin
         "original": test.image, "mask": test.mask, "case": test.case, "slice": test.slice, "view": test.view,
         "seed": np.int64(seed),
         "info": json.dumps({"mode": mode, "model": str(model_path), "model_meta": meta, "k": k, "sampler": asdict(settings),
-                            "classes_set_to_background": dropped}),
-    }
+                            "classes_set_to_background": dropped, "dropped_empty": dropped_empty}),
+    }, kept
 
 
 def _write_generation(arrays: dict, out: str | Path, reconstruction: str | Path | None = None) -> None:
@@ -226,14 +255,15 @@ def read_generation(path: str | Path) -> dict:
 
 
 def _grids(arrays: dict, mode: str, label_map: LabelMap, grid: str | Path, reconstruction_grid: str | Path | None,
-           title: str) -> None:
-    """The PNG grid of a generation file (and of the reconstruction taken from it)."""
-    original = None if mode == "multimodal" else arrays["original"]
-    generation_grid_figure(original, arrays["mask"], arrays["generated"], label_map, grid,
-                           f"{mode.replace('_', '-')}: {title}")
+           title: str, source: str = "") -> None:
+    """The PNG grid of a generation file (and of the reconstruction taken from it). A multi-modal grid's first
+    column shows the source slices the masks come from, titled ``<SOURCE> (source)``."""
+    first = f"{source.upper() or 'Source'} (source)" if mode == "multimodal" else "Original"
+    generation_grid_figure(arrays["original"], arrays["mask"], arrays["generated"], label_map, grid,
+                           f"{mode.replace('_', '-')}: {title}", original_title=first)
     if reconstruction_grid is not None:
-        generation_grid_figure(original, arrays["mask"], arrays["generated"][:, :1], label_map, reconstruction_grid,
-                               f"reconstruction: {title}")
+        generation_grid_figure(arrays["original"], arrays["mask"], arrays["generated"][:, :1], label_map,
+                               reconstruction_grid, f"reconstruction: {title}", original_title=first)
 
 
 def sample_run(job: SampleRunJob) -> None:
@@ -249,8 +279,8 @@ def sample_run(job: SampleRunJob) -> None:
         raise ValueError(f"sample_run samples the whole subset (chunk 0 of 1), got chunk {s.chunk} of {s.chunks}")
     test = SliceStore(s.stores, ["test"]).subset(s.max_slices, s.seed)
     arrays = run_generation(s.model, test, s.mode, s.sampler, s.seed, s.device, s.out, k=s.k,
-                            reconstruction=job.reconstruction)
-    _grids(arrays, s.mode, job.labels, job.grid, job.reconstruction_grid, job.title)
+                            reconstruction=job.reconstruction, min_foreground=s.min_foreground)
+    _grids(arrays, s.mode, job.labels, job.grid, job.reconstruction_grid, job.title, job.source)
 
 
 def subset_index(store: SliceStore, max_slices: int, seed: int) -> np.ndarray:
@@ -280,7 +310,8 @@ def sample_chunk(job: SampleJob) -> None:
     of the test subset :func:`sample_run` would sample, and only its slices are read.
 
     ``job.out`` is a generation file of that part plus ``part`` (JSON: chunk, chunks, start, stop,
-    total = the subset's size, subset = a fingerprint of the whole subset's slices) for :func:`merge_chunks`.
+    total = the subset's size, subset = a fingerprint of the whole subset's slices, dropped = the
+    [subset position, case, view, slice] of each slice a multi-modal run dropped) for :func:`merge_chunks`.
 
     Args:
         job: the part to sample and where.
@@ -293,9 +324,13 @@ def sample_chunk(job: SampleJob) -> None:
     k = 1 if job.mode == "reconstruction" else job.k
     start, stop = chunk_bounds(len(index), chunks, k, job.sampler.batch_size)[chunk]
     log.info("chunk %d of %d: subset slices %d..%d of %d", chunk + 1, chunks, start, stop - 1, len(index))
-    arrays = _generation_arrays(job.model, store.take(index[start:stop]), job.mode, job.sampler, job.seed, job.device, k)
+    arrays, kept = _generation_arrays(job.model, store.take(index[start:stop]), job.mode, job.sampler, job.seed,
+                                      job.device, k, job.min_foreground)
+    dropped = [start + int(i) for i in np.setdiff1d(np.arange(stop - start), kept)]  # subset positions
     part = {"chunk": chunk, "chunks": chunks, "start": start, "stop": stop, "total": len(index),
-            "subset": _subset_digest(store.case[index], store.view[index], store.slice[index])}
+            "subset": _subset_digest(store.case[index], store.view[index], store.slice[index]),
+            "dropped": [[i, str(store.case[index[i]]), str(store.view[index[i]]), int(store.slice[index[i]])]
+                        for i in dropped]}
     _write_generation({**arrays, "part": json.dumps(part)}, job.out)
 
 
@@ -318,7 +353,8 @@ def _check_parts(parts: list[dict]) -> list[dict]:
         for what, mine, theirs in (
             ("the seed", p["seed"], ref["seed"]),
             *((f"info '{key}'", p["info"].get(key), ref["info"].get(key))
-              for key in dict.fromkeys([*ref["info"], *p["info"]]) if key != "classes_set_to_background"),
+              for key in dict.fromkeys([*ref["info"], *p["info"]])
+              if key not in ("classes_set_to_background", "dropped_empty")),
             ("the chunk count", p["part"]["chunks"], ref["part"]["chunks"]),
             ("the subset size", p["part"]["total"], ref["part"]["total"]),
         ):
@@ -339,8 +375,11 @@ def _check_parts(parts: list[dict]) -> list[dict]:
     position = 0
     for p in ordered:
         start, stop = p["part"]["start"], p["part"]["stop"]
-        if len(p["case"]) != stop - start:
-            raise InputError(p["path"], f"holds {len(p['case'])} slices, its record says {start}..{stop - 1}")
+        dropped = p["part"].get("dropped", [])
+        if len(p["case"]) + len(dropped) != stop - start or len(dropped) != p["info"].get("dropped_empty", 0):
+            raise InputError(p["path"], f"holds {len(p['case'])} slices and lists {len(dropped)} dropped "
+                                        f"({p['info'].get('dropped_empty', 0)} by its info), its record says "
+                                        f"{start}..{stop - 1}")
         if start != position:
             gap = "missing" if start > position else "sampled twice"
             raise InputError(p["path"], f"chunk {p['part']['chunk'] + 1} of {chunks} starts at subset slice {start}, "
@@ -351,16 +390,31 @@ def _check_parts(parts: list[dict]) -> list[dict]:
     if position != total or missing:
         raise InputError(ordered[-1]["path"], f"the parts given end at subset slice {position} of {total}: chunk(s) "
                                               f"{[c + 1 for c in missing]} of {chunks} missing")
-    digest = _subset_digest(*(np.concatenate([p[key] for p in ordered]) for key in ("case", "view", "slice")))
+    digest = _subset_digest(*(np.concatenate([_part_keys(p)[key] for p in ordered]) for key in ("case", "view", "slice")))
     if digest != ref["part"]["subset"]:
         raise InputError(ref["path"], "the slices of the parts are not the subset they record")
     return ordered
 
 
+def _part_keys(p: dict) -> dict[str, np.ndarray]:
+    """A part's case/view/slice of every subset position start..stop-1: its slices with the dropped ones put back."""
+    start, stop = p["part"]["start"], p["part"]["stop"]
+    dropped = {int(pos) - start: (case, view, int(index)) for pos, case, view, index in p["part"].get("dropped", [])}
+    kept = iter(zip(p["case"], p["view"], p["slice"]))
+    try:
+        rows = [dropped[i] if i in dropped else next(kept) for i in range(stop - start)]
+    except StopIteration:
+        raise InputError(p["path"], f"its dropped slices are not positions {start}..{stop - 1} of the subset") from None
+    case, view, index = zip(*rows) if rows else ((), (), ())
+    return {"case": np.array(case, dtype=str), "view": np.array(view, dtype=str), "slice": np.array(index, dtype=np.int64)}
+
+
 def merge_chunks(parts: Sequence[str | Path], out: str | Path, reconstruction: str | Path | None = None) -> dict:
     """Concatenate the chunk files of one run into its generation file ``out``, as the unsplit run writes them.
 
-    Memory: the merged arrays and one part.
+    The parts' ``classes_set_to_background`` are united and their ``dropped_empty`` summed; a multi-modal part
+    that dropped slices holds fewer than its bounds, and the slices it lists as dropped count towards the
+    subset the parts must make up. Memory: the merged arrays and one part.
 
     Args:
         parts: the chunk files of the run (:func:`sample_chunk`), given in any order (or a single path).
@@ -383,20 +437,25 @@ def merge_chunks(parts: Sequence[str | Path], out: str | Path, reconstruction: s
     info = ordered[0]["info"]
     if reconstruction is not None and info["mode"] != "multi_inference":
         raise ValueError("a reconstruction file can only be taken from a multi-inference run")
-    # organs set to background anywhere in the subset (each part knows only its own)
+    # organs set to background and slices dropped anywhere in the subset (each part knows only its own)
     info["classes_set_to_background"] = sorted({c for p in ordered for c in p["info"]["classes_set_to_background"]})
+    if "dropped_empty" in info:
+        info["dropped_empty"] = sum(p["info"].get("dropped_empty", 0) for p in ordered)
+    total = sum(len(p["case"]) for p in ordered)
     arrays: dict = {}
+    position = 0
     for p in ordered:
-        start, stop = p["part"]["start"], p["part"]["stop"]
+        start, stop = position, position + len(p["case"])
         with np.load(p["path"]) as z:
             for key in ("generated", "original", "mask"):
                 piece = z[key]
                 if key not in arrays:
-                    arrays[key] = np.empty((p["part"]["total"], *piece.shape[1:]), piece.dtype)
+                    arrays[key] = np.empty((total, *piece.shape[1:]), piece.dtype)
                 if piece.shape[1:] != arrays[key].shape[1:]:
                     raise InputError(p["path"], f"'{key}' of shape {piece.shape[1:]} per slice, other parts "
                                                 f"{arrays[key].shape[1:]}")
                 arrays[key][start:stop] = piece
+        position = stop
     for key in ("case", "slice", "view"):
         arrays[key] = np.concatenate([p[key] for p in ordered])
     arrays["seed"] = np.int64(ordered[0]["seed"])
@@ -412,4 +471,5 @@ def gather_run(job: GatherJob) -> None:
         job: the chunk files and the run's files.
     """
     arrays = merge_chunks(job.parts, job.out, job.reconstruction)
-    _grids(arrays, json.loads(arrays["info"])["mode"], job.labels, job.grid, job.reconstruction_grid, job.title)
+    _grids(arrays, json.loads(arrays["info"])["mode"], job.labels, job.grid, job.reconstruction_grid, job.title,
+           job.source)

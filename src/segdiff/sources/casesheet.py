@@ -2,7 +2,9 @@
 
 A TSV with one row per volume and columns ``case``, ``modality`` (``ct`` | ``mri``), ``image``,
 ``label`` (paths to .nii/.nii.gz; relative paths resolve against the sheet's folder; the label may be
-empty, or the column absent, when the masks come from a segmentation model) and an optional ``split`` (``train`` | ``val`` | ``test``). Empty splits are filled by a seeded,
+empty, or the column absent, when the masks come from a segmentation model), an optional ``split``
+(``train`` | ``val`` | ``test``) and an optional ``body`` (the case's body mask, read with
+``preprocess.body.mode`` sheet). Empty splits are filled by a seeded,
 case-level split per modality (:func:`assign_splits`). Rows are validated against
 ``config/schemas/cases.schema.yaml``.
 """
@@ -28,7 +30,7 @@ SHEET_COLUMNS = ["case", "modality", "image", "label", "split"]
 
 
 def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: str | Path, check_files: bool = True,
-                        labels_required: bool = True) -> pd.DataFrame:
+                        labels_required: bool = True, body_required: bool = False) -> pd.DataFrame:
     """Validate rows against the schema, unique case ids and (optionally) that every file exists.
 
     Args:
@@ -38,9 +40,10 @@ def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: st
         check_files: check that every image (and, when labels are required, label) file exists.
         labels_required: False when the masks come from a segmentation model: the ``label`` column may
             then be empty or absent and is not checked.
+        body_required: True with ``preprocess.body.mode`` sheet: every row needs a ``body`` mask file.
 
     Returns:
-        A copy of the sheet with ``split`` and ``label`` columns ("" where unset).
+        A copy of the sheet with ``split`` and ``label`` columns, and ``body`` where required ("" where unset).
 
     Raises:
         InputError: for every problem, naming ``source``, the row and the column (a duplicated case id:
@@ -49,10 +52,11 @@ def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: st
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     sheet = sheet.copy()
-    for column in ("split", "label"):
+    for column in ("split", "label", *(("body",) if body_required else ())):
         if column not in sheet.columns:
             sheet[column] = ""
     columns = ("image", "label") if labels_required else ("image",)
+    columns += ("body",) if body_required else ()
     for i, row in enumerate(sheet.to_dict("records"), start=2):  # row 1 is the header
         error = jsonschema.exceptions.best_match(validator.iter_errors(row))
         if error is not None:
@@ -61,6 +65,9 @@ def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: st
         if labels_required and not row["label"]:
             raise InputError(source, f"row {i} (case {row['case']!r}), column 'label': empty (a label volume is needed "
                              "unless dataset.mask_source is totalvibe)")
+        if body_required and not row["body"]:
+            raise InputError(source, f"row {i} (case {row['case']!r}), column 'body': empty "
+                             "(preprocess.body.mode sheet needs a body mask of every case)")
         if check_files:
             for column in columns:
                 if not Path(row[column]).is_file():
@@ -71,8 +78,9 @@ def validate_case_sheet(sheet: pd.DataFrame, schema_path: str | Path, source: st
     return sheet
 
 
-def read_case_sheet(path: str | Path, schema_path: str | Path, check_files: bool = True, labels_required: bool = True) -> pd.DataFrame:
-    """Read and validate a case sheet; image/label paths come back absolute.
+def read_case_sheet(path: str | Path, schema_path: str | Path, check_files: bool = True, labels_required: bool = True,
+                    body_required: bool = False) -> pd.DataFrame:
+    """Read and validate a case sheet; image/label/body paths come back absolute.
 
     Args:
         path: the TSV file (``#`` starts a comment; relative paths resolve against its folder).
@@ -80,6 +88,7 @@ def read_case_sheet(path: str | Path, schema_path: str | Path, check_files: bool
         check_files: check that every image (and, when labels are required, label) file exists.
         labels_required: False when the masks come from a segmentation model (the ``label`` column may
             be empty or absent).
+        body_required: every row needs a ``body`` mask file (``preprocess.body.mode`` sheet).
 
     Returns:
         The validated sheet (:func:`validate_case_sheet`), every cell a string.
@@ -94,10 +103,10 @@ def read_case_sheet(path: str | Path, schema_path: str | Path, check_files: bool
         sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise InputError(path, f"not a readable TSV ({err})") from err
-    for column in ("image", "label"):
+    for column in ("image", "label", "body"):
         if column in sheet.columns:
             sheet[column] = [str((path.parent / p).resolve()) if p else p for p in sheet[column]]
-    return validate_case_sheet(sheet, schema_path, path, check_files, labels_required)
+    return validate_case_sheet(sheet, schema_path, path, check_files, labels_required, body_required)
 
 
 def _split_counts(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
