@@ -120,8 +120,28 @@ def study_cost(config: dict, rates: dict[str, float], slices: dict[str, int], nf
          "rate": f"radiomics {rates['frd_cpu_s_per_slice']} CPU-s per slice ({_source(rates, 'frd_cpu_s_per_slice')}); "
                  "the segmentor on the GPU"},
     ]
+    useful, generated_gb = config.get("usefulness", {}), 0.0
+    if useful.get("in_all"):
+        # the usefulness experiment: one generation per train + val slice, a segmentor per extra training set
+        # (oracle renders exist on the phantom only), every test slice segmented once per training set
+        test = config["dataset"]["split"]["test"]
+        train_val = sum(slices[m] for m in modalities) * (1 - test)
+        sets = [s for s in useful["sets"] if s != "oracle"]
+        rows += [
+            {"stage": "usefulness: generated training sets", "work": f"{train_val:,.0f} train + val images x {calls} calls",
+             "gpu_h": train_val * calls / rates["sample_calls_s"] / 3600,
+             "rate": f"{rates['sample_calls_s'] / calls:.1f} img/s at {calls} calls ({_source(rates, 'sample_calls_s')})"},
+            {"stage": "usefulness: segmentors", "work": f"{len(modalities)} x {len(sets)} models x {segmentor['steps']:,} "
+                                                        f"steps x {segmentor['batch_size']} + {len(sets) + 1} test passes",
+             "gpu_h": (len(modalities) * len(sets) * segmentor["steps"] * segmentor["batch_size"] / rates["segmentor_img_s"]
+                       + (len(sets) + 1) * sum(slices[m] for m in modalities) * test * flops["segmentor_forward"]
+                       / (rates["segmentor_img_s"] * flops["segmentor"])) / 3600,
+             "rate": f"{rates['segmentor_img_s']:.0f} img/s (as the segmentor above)"},
+        ]
+        generated_gb = train_val * size * size * 5 / 1e9
     total = sum(r["gpu_h"] for r in rows)
-    disk = {"store_gb": store_bytes / 1e9, "shards_gb": store_bytes / 1e9}  # uncompressed NPZ: the same bytes
+    disk = {"store_gb": store_bytes / 1e9, "shards_gb": store_bytes / 1e9,  # uncompressed NPZ: the same bytes
+            "generated_gb": generated_gb}
     return {"rows": rows, "gpu_h": total, "cpu_h": sum(r.get("cpu_h", 0) for r in rows), "disk": disk,
             "rates": rates, "flops_per_image": flops, "slices": slices, "nfe": calls}
 
@@ -133,7 +153,9 @@ def markdown(cost: dict) -> str:
     disk = cost["disk"]
     lines.append(f"| **total** | | | **{cost['gpu_h']:.1f}** | {cost['cpu_h']:.1f} |")
     lines.append(f"| disk | {sum(cost['slices'].values()):,} slices | store {disk['store_gb']:.0f} GB"
-                 f" + NPZ shards {disk['shards_gb']:.0f} GB | | |")
+                 f" + NPZ shards {disk['shards_gb']:.0f} GB"
+                 + (f" + generated training sets {disk['generated_gb']:.0f} GB" if disk.get("generated_gb") else "")
+                 + " | | |")
     return "\n".join(lines) + "\n"
 
 

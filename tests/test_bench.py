@@ -48,6 +48,12 @@ def test_cost_table_adds_up_the_config_work(tmp_path):
     assert {r["stage"]: r for r in fewer["rows"]}["sampling"]["gpu_h"] == rows["sampling"]["gpu_h"] / 5
     assert cost["disk"]["store_gb"] == 1500 * 256 * 256 * 5 / 1e9
     assert "| **total** |" in bench_cost.markdown(cost)
+    # amos.yaml runs the usefulness experiment in `all`: one generation per train + val slice (80 % of them)
+    assert rows["usefulness: generated training sets"]["gpu_h"] == 1500 * 0.8 * config["sampling"]["steps"] / 250 / 3600
+    assert cost["disk"]["generated_gb"] == 1500 * 0.8 * 256 * 256 * 5 / 1e9
+    off = bench_cost.study_cost({**config, "usefulness": {**config["usefulness"], "in_all": False}}, dict(rates),
+                                {"ct": 1000, "mri": 500})
+    assert not any(r["stage"].startswith("usefulness") for r in off["rows"])
 
 
 def test_body_bench_compares_two_studies_run_by_run(tmp_path):

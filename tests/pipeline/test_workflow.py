@@ -452,7 +452,7 @@ def test_usefulness_target_trains_on_generated_and_scores_on_real(study):
 
     phantom_run, _ = study
     results = phantom_run / "results"
-    assert job_counts(snakemake(phantom_run, STUDY, "usefulness")) == USEFULNESS_JOBS
+    assert job_counts(snakemake(phantom_run, STUDY, "usefulness")) == {**USEFULNESS_JOBS, "total": 28}
     table = pd.read_csv(results / "usefulness/table.csv", index_col=0)
     assert list(table.columns) == ["CT Dice", "CT / real", "MRI Dice", "MRI / real"]
     assert list(table.index) == ["real (baseline)", "generated only (TSTR)", "real + generated", "few real + generated",
@@ -472,6 +472,6 @@ def test_usefulness_target_trains_on_generated_and_scores_on_real(study):
     assert (results / "figures/usefulness_dice_per_organ.png").stat().st_size > 10_000
     assert job_counts(snakemake(phantom_run, STUDY, "-n")) == {}  # the study itself is untouched
     few = job_counts(snakemake(phantom_run, _merged(STUDY, {"usefulness": {"few_real_fraction": 0.6}}), "-n", "usefulness"))
-    assert few == {"train_segmentor_usefulness": 2, "score_usefulness": 2, "usefulness_table": 1, "usefulness": 1}
+    assert few == {"train_segmentor_usefulness": 2, "score_usefulness": 2, "usefulness_table": 1, "usefulness": 1, "total": 6}
     steps = job_counts(snakemake(phantom_run, _merged(STUDY, {"sampling": {"k": 3}}), "-n", "usefulness"))
     assert steps == {}  # k is one generation per mask here: not a setting of the training sets

@@ -51,7 +51,7 @@ class BodySettings:
 
     mode: str = "off"
     ct_threshold_hu: float = -500.0
-    mri_threshold: float = 0.1
+    mri_threshold: float = 0.15
     mri_percentiles: Sequence[float] = (0.5, 99.5)
 
     def __post_init__(self):
