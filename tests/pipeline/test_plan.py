@@ -93,7 +93,7 @@ def test_default_targets(default):
     assert default.checkpoint_pairs()[1] == ("checkpoints/diffusion/ct_all.ckpt", "results/models/diffusion/ct_all.pt")
     assert default.checkpoint_pairs()[5] == ("checkpoints/segmentor/mri.ckpt", "results/models/segmentor/mri.pt")
     assert default.checkpoint_pairs()[-1] == ("checkpoints/usefulness/mri_oracle.ckpt", "results/usefulness/mri/segmentor_oracle.pt")
-    assert len(default.checkpoint_pairs()) == 6 + 2 * 4  # + the usefulness segmentors
+    assert len(default.checkpoint_pairs()) == 6 + 2 * 5  # + the usefulness segmentors
     assert default.loss_logs() == ["results/models/diffusion/ct_axial_loss.csv", "results/models/diffusion/ct_all_loss.csv",
                                    "results/models/diffusion/mri_axial_loss.csv", "results/models/diffusion/mri_all_loss.csv",
                                    "results/models/segmentor/ct_loss.csv", "results/models/segmentor/mri_loss.csv"]
@@ -214,7 +214,7 @@ def test_the_plan_does_not_import_snakemake():
 
 def test_usefulness_plan_sets_stores_few_real_cases_and_generators():
     plan = plan_of()
-    assert plan.usefulness_sets == ["real", "generated", "real_generated", "few_real_generated", "oracle"]
+    assert plan.usefulness_sets == ["real", "generated", "real_generated", "few_real", "few_real_generated", "oracle"]
     assert plan.usefulness_modalities == ["ct", "mri"]
     assert plan.generator_model("ct", "axial") == "results/models/diffusion/ct_axial.pt"  # the view's own model
     assert plan.generator_model("ct", "coronal") == "results/models/diffusion/ct_all.pt"  # else all views
@@ -226,6 +226,7 @@ def test_usefulness_plan_sets_stores_few_real_cases_and_generators():
     train_val = plan.cases[(plan.cases.modality == "ct") & plan.cases.split.isin(["train", "val"])]["case"]
     assert len(few) == 5 and set(few) <= set(train_val)  # ceil(0.25 x 19)
     assert plan.usefulness_cases("ct", "few_real_generated") == [few] * 3 + [None] * 3
+    assert plan.usefulness_cases("ct", "few_real") == [few] * 3 and plan.usefulness_stores("ct", "few_real") == real
     assert plan.usefulness_cases("ct", "generated") is None
     assert plan.usefulness_segmentor("mri", "real") == "results/models/segmentor/mri.pt"
     assert "results/usefulness/table.csv" not in plan.all_outputs()  # a named target by default

@@ -438,8 +438,8 @@ def test_rerun_one_orientation_as_the_readme_says(study):
 
 
 #: the jobs of `snakemake usefulness` on the finished tiny study: 2 modalities x 3 views of generated sets, 2 oracle
-#: sets, 4 segmentors per modality and 5 scores (the real one reuses the study's segmentor)
-USEFULNESS_JOBS = {"sample_trainset": 6, "oracle_trainset": 2, "train_segmentor_usefulness": 8, "score_usefulness": 10,
+#: sets, 5 segmentors per modality and 6 scores (the real one reuses the study's segmentor)
+USEFULNESS_JOBS = {"sample_trainset": 6, "oracle_trainset": 2, "train_segmentor_usefulness": 10, "score_usefulness": 12,
                    "usefulness_table": 1, "usefulness": 1}
 
 
@@ -452,10 +452,11 @@ def test_usefulness_target_trains_on_generated_and_scores_on_real(study):
 
     phantom_run, _ = study
     results = phantom_run / "results"
-    assert job_counts(snakemake(phantom_run, STUDY, "usefulness")) == {**USEFULNESS_JOBS, "total": 28}
+    assert job_counts(snakemake(phantom_run, STUDY, "usefulness")) == {**USEFULNESS_JOBS, "total": 32}
     table = pd.read_csv(results / "usefulness/table.csv", index_col=0)
     assert list(table.columns) == ["CT Dice", "CT / real", "MRI Dice", "MRI / real"]
-    assert list(table.index) == ["real (baseline)", "generated only (TSTR)", "real + generated", "few real + generated",
+    assert list(table.index) == ["real (baseline)", "generated only (TSTR)", "real + generated", "few real (low-data baseline)",
+                                 "few real + generated",
                                  "oracle renders (ceiling of generated)"]
     assert (table["CT / real"].iloc[0], table["MRI / real"].iloc[0]) == (1.0, 1.0)
     labels = load_label_map("amos15")
@@ -472,6 +473,6 @@ def test_usefulness_target_trains_on_generated_and_scores_on_real(study):
     assert (results / "figures/usefulness_dice_per_organ.png").stat().st_size > 10_000
     assert job_counts(snakemake(phantom_run, STUDY, "-n")) == {}  # the study itself is untouched
     few = job_counts(snakemake(phantom_run, _merged(STUDY, {"usefulness": {"few_real_fraction": 0.6}}), "-n", "usefulness"))
-    assert few == {"train_segmentor_usefulness": 2, "score_usefulness": 2, "usefulness_table": 1, "usefulness": 1, "total": 6}
+    assert few == {"train_segmentor_usefulness": 4, "score_usefulness": 4, "usefulness_table": 1, "usefulness": 1, "total": 10}
     steps = job_counts(snakemake(phantom_run, _merged(STUDY, {"sampling": {"k": 3}}), "-n", "usefulness"))
     assert steps == {}  # k is one generation per mask here: not a setting of the training sets

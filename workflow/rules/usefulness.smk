@@ -4,7 +4,7 @@
 
 
 wildcard_constraints:
-    trainset="real|generated|real_generated|few_real_generated|oracle",
+    trainset="real|generated|real_generated|few_real|few_real_generated|oracle",
     part=r"\d+-of-\d+",
 
 

@@ -340,14 +340,14 @@ class StudyPlan:
         return few_real_cases(cases["case"], self.config["usefulness"]["few_real_fraction"], self.config["seed"])
 
     def usefulness_cases(self, modality: str, trainset: str) -> list[list[str] | None] | None:
-        """Per store of :meth:`usefulness_stores`, the cases kept (None: all): the few real cases of
-        ``few_real_generated``'s real stores; None for the other sets.
+        """Per store of :meth:`usefulness_stores`, the cases kept (None: all): the few real cases in the real
+        stores of ``few_real`` and ``few_real_generated``; None for the other sets.
 
         Args:
             modality: the modality.
             trainset: a training set.
         """
-        if trainset != "few_real_generated":
+        if trainset not in ("few_real", "few_real_generated"):
             return None
         few = self.few_real(modality)
         return [few if store.startswith("results/slices/") else None for store in self.usefulness_stores(modality, trainset)]
@@ -380,7 +380,7 @@ class StudyPlan:
             models = ", ".join(f"{v}: {self.generator_model(m, v).rsplit('/', 1)[1]}" for v in self.views)
             notes.append(f"{m.upper()} generated set: one generation per {'+'.join(self.config['segmentor']['splits'])} "
                          f"mask ({sampling['sampler']}, {sampling['steps']} steps), drawn by {models}.")
-            if "few_real_generated" in self.usefulness_sets and self.cases is not None:
+            if {"few_real", "few_real_generated"} & set(self.usefulness_sets) and self.cases is not None:
                 few = self.few_real(m)
                 notes.append(f"{m.upper()} few real: {len(few)} real case(s) (usefulness.few_real_fraction "
                              f"{useful['few_real_fraction']}): {', '.join(few)}.")

@@ -5,8 +5,10 @@ The vocabulary of the stage, torch-free so that the workflow's planning imports 
 - ``real``: the study's auxiliary segmentor (train + val slices of the real data): the baseline.
 - ``generated``: one generation for each train + val mask, no real image (TSTR).
 - ``real_generated``: both: each mask with its real slice and one generation (augmentation).
-- ``few_real_generated``: the real slices of a seeded fraction of the train + val cases, plus the
-  generations of every mask (the low-data regime).
+- ``few_real``: the real slices of a seeded fraction of the train + val cases alone: the low-data
+  baseline that ``few_real_generated`` is read against.
+- ``few_real_generated``: the real slices of those cases, plus the generations of every mask (the
+  low-data regime, where generation should help most).
 - ``oracle``: one oracle render (a second scan of the same anatomy, phantom only) for each train + val
   mask: what a perfect generator would give, the ceiling of ``generated``.
 """
@@ -21,13 +23,14 @@ import numpy as np
 __all__ = ["TRAINSETS", "TRAINSET_LABELS", "few_real_cases", "uses_real", "uses_generated"]
 
 #: every training set, in the order of the table and the figure (``real`` first: the baseline)
-TRAINSETS = ("real", "generated", "real_generated", "few_real_generated", "oracle")
+TRAINSETS = ("real", "generated", "real_generated", "few_real", "few_real_generated", "oracle")
 
 #: training set -> its row name in the usefulness table
 TRAINSET_LABELS = {
     "real": "real (baseline)",
     "generated": "generated only (TSTR)",
     "real_generated": "real + generated",
+    "few_real": "few real (low-data baseline)",
     "few_real_generated": "few real + generated",
     "oracle": "oracle renders (ceiling of generated)",
 }
@@ -35,7 +38,7 @@ TRAINSET_LABELS = {
 
 def uses_real(trainset: str) -> bool:
     """Whether the training set holds real slices."""
-    return trainset in ("real", "real_generated", "few_real_generated")
+    return trainset in ("real", "real_generated", "few_real", "few_real_generated")
 
 
 def uses_generated(trainset: str) -> bool:
@@ -44,7 +47,7 @@ def uses_generated(trainset: str) -> bool:
 
 
 def few_real_cases(cases: Sequence[str], fraction: float, seed: int) -> list[str]:
-    """The real cases of ``few_real_generated``: a seeded choice of ``ceil(fraction x n)`` cases, at least one.
+    """The real cases of ``few_real`` and ``few_real_generated``: a seeded choice of ``ceil(fraction x n)`` cases, at least one.
 
     Args:
         cases: the modality's train + val case ids.
