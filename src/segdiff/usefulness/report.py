@@ -70,7 +70,7 @@ def usefulness_figure(metrics_files: Sequence[str | Path], out: str | Path) -> N
     runs = _runs(metrics_files)
     modalities = list(dict.fromkeys(r["modality"] for r in runs))
     sets = [s for s in TRAINSETS if any(r["trainset"] == s for r in runs)]
-    fig, axes = plt.subplots(len(modalities), 1, figsize=(11, 3.2 * len(modalities)), squeeze=False)
+    fig, axes = plt.subplots(len(modalities), 1, figsize=(11, 0.6 + 3.2 * len(modalities)), squeeze=False)
     width = 0.8 / max(len(sets), 1)
     for ax, m in zip(axes[:, 0], modalities):
         mine = {r["trainset"]: r for r in runs if r["modality"] == m}
@@ -85,8 +85,8 @@ def usefulness_figure(metrics_files: Sequence[str | Path], out: str | Path) -> N
         ax.set_xticks(x, organs, rotation=40, ha="right", fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel("Dice on real test slices")
-        ax.set_title(f"{m.upper()}: segmentor trained on ...", fontsize=10)
-        ax.legend(fontsize=7, ncol=2, loc="upper right")
+        ax.set_title(f"{m.upper()}: Dice of a segmentor trained on each set (legend: mean over organs)", fontsize=10)
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.5), frameon=False)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
