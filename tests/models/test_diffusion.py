@@ -230,7 +230,7 @@ def test_training_job_writes_the_model_its_loss_and_curve(tmp_path):
     model, sched, meta = load_diffusion(job.model)
     assert sched == SCHED
     assert meta == {"modality": "ct", "view": "axial", "train_slices": len(slices), "labels": labels.names, "seed": 3,
-                    "classes_seen": slices.classes}
+                    "classes_seen": slices.classes, "body_id": None}
     for (name, a), b in zip(direct.ema.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a.cpu(), b), name
     assert len(pd.read_csv(job.loss)) == 2 and job.figure.stat().st_size > 1000

@@ -69,3 +69,6 @@ def test_amos_config_plans_the_download_then_the_poster_study(tmp_path):
     assert after["train_diffusion"] == 4 and after["sample_diffusion"] == 4 * chunks and after["sample_multimodal"] == chunks
     assert after["gather_samples"] == 4 and after["gather_multimodal"] == 1 and chunks > 1
     assert after["evaluate"] == 5 and after["slice_case"] == 10 and after["train_segmentor"] == 2
+    # usefulness.in_all: generated training sets (2 modalities x 3 views x chunks), 4 segmentors and 5 scores each
+    assert after["sample_trainset"] == 6 * chunks and after["train_segmentor_usefulness"] == 8
+    assert after["score_usefulness"] == 10 and after["usefulness_table"] == 1 and "oracle_trainset" not in after

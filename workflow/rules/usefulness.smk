@@ -70,6 +70,7 @@ rule oracle_trainset:
 use rule train_segmentor as train_segmentor_usefulness with:
     input:
         stores=lambda w: PLAN.usefulness_stores(w.modality, w.trainset),
+        amos=amos_data,  # the few real cases come from the case table: after the AMOS22 download
     output:
         model="results/usefulness/{modality}/segmentor_{trainset}.pt",
         loss="results/usefulness/{modality}/segmentor_{trainset}_loss.csv",
