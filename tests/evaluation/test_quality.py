@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from segdiff.evaluation.metrics import diversity
-from segdiff.evaluation.quality import (DICE_RATIO_MIN, K_SPREAD_MIN, TEXTURE_RATIO_MIN, k_spread, organ_region,
-                                        quality_flags, texture_ratio)
+from segdiff.evaluation.quality import (DICE_RATIO_MIN, K_SPREAD_MIN, TEXTURE_RATIO_MIN, organ_region, quality_flags,
+                                        quality_numbers)
 from segdiff.evaluation.run import recompute_metrics
 from segdiff.report.tables import build_tables, quality_warnings, table_notes
 
@@ -136,13 +136,13 @@ def test_a_body_id_changes_no_organ_metric_and_does_not_crash_poster_dice(study)
 
 def test_one_generation_per_mask_has_no_k_spread_and_is_not_flagged_for_it(study):
     mask, real = study["mask"], study["real"]
-    assert k_spread(study["textured"][:, :1], mask, real, mask, ORGANS) is None
+    assert quality_numbers(study["textured"][:, :1], mask, real, mask, ORGANS)["k_spread"] is None
     metrics = recompute_metrics(arrays(study["textured"][:, :1], mask, real, mask), ORGANS, 4)
     assert metrics["k_spread"] is None and metrics["diversity_gen"] is None and metrics["quality_flags"] == []
     # no organ pixel left after erosion: no number, no flag
     tiny = np.zeros_like(mask)
     tiny[:, 5:8, 5:8] = 1
-    assert texture_ratio(study["textured"], tiny, real, mask, ORGANS) is None
+    assert quality_numbers(study["textured"], tiny, real, mask, ORGANS)["texture_ratio"] is None
     assert quality_flags(None, None, None) == [] and quality_flags(float("nan"), 0.5, 1.0) == []
 
 

@@ -17,7 +17,7 @@ __getattr__, __dir__, __all__ = lazy_api(
         ],
         "quality": [
             "HIGHPASS_SIGMA", "EROSION_PX", "TEXTURE_RATIO_MIN", "K_SPREAD_MIN", "DICE_RATIO_MIN", "organ_region",
-            "highpass", "texture_energy", "texture_ratio", "k_spread", "quality_flags",
+            "highpass", "quality_numbers", "quality_flags",
         ],
         "run": ["EvaluationJob", "evaluate_run", "recompute_metrics", "evaluation_job", "METRIC_KEYS"],
     },

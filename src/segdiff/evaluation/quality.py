@@ -49,7 +49,7 @@ from scipy import ndimage
 
 __all__ = [
     "HIGHPASS_SIGMA", "EROSION_PX", "TEXTURE_RATIO_MIN", "K_SPREAD_MIN", "DICE_RATIO_MIN", "organ_region",
-    "highpass", "texture_energy", "texture_ratio", "k_spread", "quality_flags",
+    "highpass", "quality_numbers", "quality_flags",
 ]
 
 #: sigma (px) of the Gaussian blur the high-pass subtracts
@@ -137,27 +137,19 @@ def _highpass_moments(images: np.ndarray, region: np.ndarray, sigma: float) -> t
     return count, total, squares
 
 
-def texture_energy(images: np.ndarray, region: np.ndarray, sigma: float = HIGHPASS_SIGMA) -> float | None:
-    """Mean squared high-pass of ``images`` over ``region``.
+def quality_numbers(generated: np.ndarray, mask: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray,
+                    class_ids: Sequence[int], sigma: float = HIGHPASS_SIGMA,
+                    erosion: int = EROSION_PX) -> dict[str, float | None]:
+    """The texture ratio and the k-spread of a run's generations, against the real slices, inside eroded organs.
 
-    Args:
-        images: ``(N, H, W)`` or ``(N, k, H, W)`` images (every one of the k counts).
-        region: ``(N, H, W)`` boolean, e.g. :func:`organ_region` of the masks.
-        sigma: the high-pass's blur sigma in pixels.
+    Each region (:func:`organ_region`) and the real slices' high-pass are computed once, for both numbers.
 
-    Returns:
-        The energy; None when ``region`` is empty.
-
-    Raises:
-        ValueError: if the shapes do not match.
-    """
-    count, _, squares = _highpass_moments(images, np.asarray(region, bool), sigma)
-    return squares / count if count else None
-
-
-def texture_ratio(generated: np.ndarray, mask: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray,
-                  class_ids: Sequence[int], sigma: float = HIGHPASS_SIGMA, erosion: int = EROSION_PX) -> float | None:
-    """High-frequency energy of the generations inside their (eroded) organs over that of the real slices.
+    - ``texture_ratio``: mean squared high-pass of the generations (all k) over the eroded organs of ``mask``,
+      over the same of the real slices over theirs (about 0 for one fixed intensity per class, about 1 for
+      the real texture); None when either region is empty or the real slices have no high-frequency energy.
+    - ``k_spread``: the mean over the eroded organ pixels of ``mask`` of the population std across the k
+      generations, over the std of the real slices' high-pass over their eroded organ pixels (0 for a model
+      that returns one image per mask); None with k = 1, an empty region or real slices without spread.
 
     Args:
         generated: ``(N, k, H, W)`` generations.
@@ -169,37 +161,7 @@ def texture_ratio(generated: np.ndarray, mask: np.ndarray, reference_image: np.n
         erosion: pixels removed from every organ's edge.
 
     Returns:
-        The ratio (about 0 for one fixed intensity per class, about 1 for the real texture); None when either
-        region is empty or the real slices have no high-frequency energy there.
-
-    Raises:
-        ValueError: if the shapes do not match.
-    """
-    own = texture_energy(generated, organ_region(mask, class_ids, erosion), sigma)
-    real = texture_energy(reference_image, organ_region(reference_mask, class_ids, erosion), sigma)
-    return None if own is None or not real else float(own / real)
-
-
-def k_spread(generated: np.ndarray, mask: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray,
-             class_ids: Sequence[int], sigma: float = HIGHPASS_SIGMA, erosion: int = EROSION_PX) -> float | None:
-    """Per-pixel std across the k generations of a mask over the real slices' fine-texture std, inside organs.
-
-    Numerator: the mean over the eroded organ pixels of ``mask`` (:func:`organ_region`) of the population
-    std across the k generations. Denominator: the std of the real slices' high-pass over their eroded
-    organ pixels.
-
-    Args:
-        generated: ``(N, k, H, W)`` generations.
-        mask: ``(N, H, W)`` the masks they were generated from.
-        reference_image: ``(M, H, W)`` the real test slices (of the generations' modality).
-        reference_mask: ``(M, H, W)`` their masks.
-        class_ids: the organ ids (the label map's ids).
-        sigma: the high-pass's blur sigma in pixels.
-        erosion: pixels removed from every organ's edge.
-
-    Returns:
-        The ratio (0 for a model that returns one image per mask); None with k = 1, an empty region or real
-        slices without high-frequency spread there.
+        ``{"texture_ratio": ..., "k_spread": ...}``.
 
     Raises:
         ValueError: if the shapes do not match.
@@ -207,18 +169,20 @@ def k_spread(generated: np.ndarray, mask: np.ndarray, reference_image: np.ndarra
     generated = np.asarray(generated)
     region = organ_region(mask, class_ids, erosion)
     _per_slice(generated, region)
-    if generated.shape[1] < 2 or not region.any():
-        return None
+    count, _, squares = _highpass_moments(generated, region, sigma)
+    real_count, real_sum, real_squares = _highpass_moments(reference_image, organ_region(reference_mask, class_ids,
+                                                                                         erosion), sigma)
+    real_energy = real_squares / real_count if real_count else None
+    texture = float(squares / count / real_energy) if count and real_energy else None
     n, k, h, w = generated.shape
+    if k < 2 or not region.any() or real_count < 2:
+        return {"texture_ratio": texture, "k_spread": None}
     total, step = 0.0, max(1, _CHUNK // max(1, k * h * w))
     for start in range(0, n, step):
         std = np.std(generated[start : start + step], axis=1, dtype=np.float64)
         total += float(std[region[start : start + step]].sum())
-    count, s, squares = _highpass_moments(reference_image, organ_region(reference_mask, class_ids, erosion), sigma)
-    if count < 2:
-        return None
-    real_std = np.sqrt(max(squares / count - (s / count) ** 2, 0.0))
-    return float(total / region.sum() / real_std) if real_std > 0 else None
+    real_std = np.sqrt(max(real_squares / real_count - (real_sum / real_count) ** 2, 0.0))
+    return {"texture_ratio": texture, "k_spread": float(total / region.sum() / real_std) if real_std > 0 else None}
 
 
 def quality_flags(texture: float | None, spread: float | None, dice_ratio: float | None) -> list[str]:
@@ -227,8 +191,8 @@ def quality_flags(texture: float | None, spread: float | None, dice_ratio: float
     A check whose number is None (no organ pixels, k = 1, no Dice) neither passes nor fails: it is skipped.
 
     Args:
-        texture: :func:`texture_ratio`.
-        spread: :func:`k_spread`.
+        texture: the texture ratio (:func:`quality_numbers`).
+        spread: the k-spread (:func:`quality_numbers`).
         dice_ratio: Dice_gen / Dice_orig.
 
     Returns:

@@ -52,7 +52,7 @@ from segdiff.evaluation.metrics import DiceAccumulator, GaussianStats, dice_per_
 from segdiff.data.oracle import gather_oracle
 from segdiff.evaluation.features.poster import PosterInceptionFeatures
 from segdiff.evaluation.poster import poster_dice, poster_psnr, poster_ssim
-from segdiff.evaluation.quality import k_spread, quality_flags, texture_ratio
+from segdiff.evaluation.quality import quality_flags, quality_numbers
 from segdiff.models.segmentor import load_segmentor, predict
 from segdiff.data.store import SliceStore
 from segdiff.sources.weights import WeightsUnavailable
@@ -166,7 +166,7 @@ def recompute_metrics(arrays: dict, class_ids: list[int], num_classes: int) -> d
         "fid_poster": _fd(arrays, "fid_poster", "generated"),
         "dice_orig_poster": float(np.mean(poster_dice(pred_ref, reference_mask, num_classes))),
         "dice_gen_poster": float(np.mean(poster_dice(pred_gen, organ_mask, num_classes))),
-        "texture_ratio": texture_ratio(generated, mask, *reference), "k_spread": k_spread(generated, mask, *reference),
+        **quality_numbers(generated, mask, *reference),
         "dice_gen_per_class": dice_gen.per_class(), "dice_orig_per_class": dice_orig.per_class(),
         "dice_oracle_per_class": dice_oracle.per_class() if dice_oracle is not None else {},
     }
