@@ -11,12 +11,12 @@ from tiny import SCHED, make_subset, perturbed_model
 
 from segdiff.core.labels import LabelMap
 from segdiff.data.store import SliceStore
-from segdiff.evaluation.metrics import DiceAccumulator
+from segdiff.evaluation.metrics import DiceAccumulator, dice_counts
 from segdiff.models.diffusion import save_diffusion
 from segdiff.models.segmentor import SegmentorConfig, build_segmentor, save_segmentor
 from segdiff.sampling.samplers import SamplerSettings
-from segdiff.usefulness import (ScoreJob, TrainsetJob, dice_counts, few_real_cases, pooled_dice, sample_trainset,
-                                score_segmentor, usefulness_metrics, write_usefulness_report)
+from segdiff.usefulness import (ScoreJob, TrainsetJob, few_real_cases, sample_trainset, score_segmentor,
+                                usefulness_metrics, write_usefulness_report)
 
 LABELS = LabelMap({1: "liver", 2: "spleen", 3: "kidney"})
 
@@ -68,8 +68,12 @@ def test_dice_from_counts_is_the_tables_dice():
     counts = dice_counts(prediction, target, LABELS.ids)
     acc = DiceAccumulator(LABELS.ids)
     acc.update(prediction, target)
-    per_class = pooled_dice(counts)
-    assert np.isnan(per_class[2]) and np.allclose(per_class[:2], [acc.per_class()[1], acc.per_class()[2]])
+    from_counts = DiceAccumulator(LABELS.ids)
+    from_counts.add_counts(counts)
+    expected = {c: 2 * np.sum((prediction == c) & (target == c)) / (np.sum(prediction == c) + np.sum(target == c))
+                for c in (1, 2)}  # kidney, absent from every target, is left out
+    assert from_counts.per_class() == pytest.approx(expected) and acc.per_class() == pytest.approx(expected)
+    assert counts.shape == (12, 3, 3) and (counts[:, 2, 2] == 0).all()
     metrics = usefulness_metrics(counts, np.array(["axial"] * 6 + ["coronal"] * 6), LABELS.ids, LABELS)
     assert metrics["dice"] == pytest.approx(acc.mean()) and set(metrics["dice_per_organ"]) == {"liver", "spleen"}
     assert set(metrics["dice_per_view"]) == {"axial", "coronal"}

@@ -8,7 +8,7 @@ __getattr__, __dir__, __all__ = lazy_api(
     {
         "figures": ["PANEL_ROWS", "LOSS_PANELS", "EvaluationFiguresJob", "loss_panels", "evaluation_figures"],
         "metrics": [
-            "PSNR_CAP_DB", "psnr", "ssim", "DiceAccumulator", "dice_per_slice", "GaussianStats",
+            "PSNR_CAP_DB", "psnr", "ssim", "DiceAccumulator", "dice_counts", "dice_per_slice", "GaussianStats",
             "frechet_distance", "diversity", "diversity_ratio",
         ],
         "poster": [

@@ -32,6 +32,7 @@ __all__ = [
     "psnr",
     "ssim",
     "DiceAccumulator",
+    "dice_counts",
     "dice_per_slice",
     "GaussianStats",
     "frechet_distance",
@@ -176,12 +177,26 @@ class DiceAccumulator:
             ValueError: If the shapes differ or a map is not of an integer dtype.
         """
         prediction, target = _label_pair(prediction, target)
-        for i, c in enumerate(self.class_ids):
-            p = prediction == c
-            t = target == c
-            self._intersection[i] += np.count_nonzero(p & t)
-            self._predicted[i] += np.count_nonzero(p)
-            self._target[i] += np.count_nonzero(t)
+        self.add_counts(dice_counts(prediction.reshape(1, -1), target.reshape(1, -1), self.class_ids))
+
+    def add_counts(self, counts: np.ndarray) -> None:
+        """Add per-map counts (:func:`dice_counts`), e.g. saved ones: the pooled Dice of any set of maps
+        recomputes from its maps' counts alone.
+
+        Args:
+            counts: ``(N, C, 3)`` int: intersection, predicted and true pixels of each of ``N`` maps and each
+                of the ``C`` classes of :attr:`class_ids`, in that order.
+
+        Raises:
+            ValueError: If ``counts`` is not of shape ``(N, C, 3)``.
+        """
+        counts = np.asarray(counts)
+        if counts.ndim != 3 or counts.shape[1:] != (len(self.class_ids), 3):
+            raise ValueError(f"expected counts of shape (N, {len(self.class_ids)}, 3), got {counts.shape}")
+        intersection, predicted, target = counts.sum(axis=0, dtype=np.int64).T
+        self._intersection += intersection
+        self._predicted += predicted
+        self._target += target
 
     def per_class(self) -> dict[int, float]:
         """Pooled Dice of every class present in the targets seen so far (never NaN)."""
@@ -195,6 +210,35 @@ class DiceAccumulator:
         """Mean of :meth:`per_class` over the classes present in the targets; NaN if there are none."""
         values = list(self.per_class().values())
         return float(np.mean(values)) if values else float("nan")
+
+
+def dice_counts(prediction: np.ndarray, target: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+    """Per map and class: (intersection, predicted pixels, true pixels), what pooled Dice is made of.
+
+    Args:
+        prediction: ``(N, ...)`` integer label maps.
+        target: ``(N, ...)`` integer reference label maps (ids not in ``class_ids``, e.g. a body envelope,
+            count for no class).
+        class_ids: Label values to count.
+
+    Returns:
+        int64 ``(N, C, 3)``, classes in the order of ``class_ids`` (:meth:`DiceAccumulator.add_counts`).
+
+    Raises:
+        ValueError: If the shapes differ, a map is not of an integer dtype, or ``class_ids`` is empty or has
+            duplicates.
+    """
+    prediction, target = _label_pair(prediction, target)
+    ids = _class_ids(class_ids)
+    n = len(prediction)
+    p, t = prediction.reshape(n, -1), target.reshape(n, -1)
+    out = np.empty((n, len(ids), 3), np.int64)
+    for j, c in enumerate(ids):
+        pc, tc = p == c, t == c
+        out[:, j, 0] = np.count_nonzero(pc & tc, axis=1)
+        out[:, j, 1] = np.count_nonzero(pc, axis=1)
+        out[:, j, 2] = np.count_nonzero(tc, axis=1)
+    return out
 
 
 def dice_per_slice(prediction: np.ndarray, target: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:

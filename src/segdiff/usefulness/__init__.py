@@ -8,7 +8,7 @@ __getattr__, __dir__, __all__ = lazy_api(
     {
         "sets": ["TRAINSETS", "TRAINSET_LABELS", "few_real_cases", "uses_real", "uses_generated"],
         "trainset": ["TrainsetJob", "sample_trainset", "trainset_part", "OracleTrainsetJob", "oracle_trainset"],
-        "score": ["ScoreJob", "dice_counts", "pooled_dice", "usefulness_metrics", "score_segmentor"],
+        "score": ["ScoreJob", "usefulness_metrics", "score_segmentor"],
         "report": ["usefulness_tables", "write_usefulness_report", "usefulness_figure"],
     },
 )

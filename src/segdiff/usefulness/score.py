@@ -3,9 +3,9 @@
 Per test slice and organ the job saves the counts Dice is made of (``counts.npz``: intersection,
 predicted and true pixels); the pooled Dice of an organ is ``2 sum(I) / (sum(P) + sum(T))`` over the
 slices, an organ absent from every test mask is left out, one present but never predicted scores 0, and
-the headline is the mean over the organs present (the rule of the study's table,
-:class:`segdiff.evaluation.metrics.DiceAccumulator`). :func:`usefulness_metrics` recomputes every number
-from the counts alone. Memory: one batch of slices, plus the counts (a few integers per slice).
+the headline is the mean over the organs present: the rule of the study's table,
+:class:`segdiff.evaluation.metrics.DiceAccumulator`, fed the counts (``add_counts``).
+:func:`usefulness_metrics` recomputes every number from the counts alone. Memory: one batch of slices, plus the counts (a few integers per slice).
 """
 
 from __future__ import annotations
@@ -22,68 +22,40 @@ from tqdm.auto import tqdm
 from segdiff.core.atomic import atomic_path
 from segdiff.core.labels import LabelMap
 from segdiff.data.store import SliceStore
+from segdiff.evaluation.metrics import DiceAccumulator, dice_counts
 from segdiff.models.segmentor import load_segmentor, predict
 
-__all__ = ["ScoreJob", "dice_counts", "pooled_dice", "usefulness_metrics", "score_segmentor"]
+__all__ = ["ScoreJob", "usefulness_metrics", "score_segmentor"]
 
 _BATCH = 256
 
 
-def dice_counts(prediction: np.ndarray, target: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
-    """Per slice and class: (intersection, predicted pixels, true pixels).
-
-    Args:
-        prediction: (N, H, W) predicted label ids.
-        target: (N, H, W) true label ids (ids not in ``class_ids``, e.g. a body label, count for no class).
-        class_ids: the organ ids scored.
-
-    Returns:
-        int64 (N, C, 3).
-    """
-    out = np.empty((len(prediction), len(class_ids), 3), np.int64)
-    for j, c in enumerate(class_ids):
-        p, t = prediction == c, target == c
-        out[:, j, 0] = (p & t).sum(axis=(1, 2))
-        out[:, j, 1] = p.sum(axis=(1, 2))
-        out[:, j, 2] = t.sum(axis=(1, 2))
-    return out
-
-
-def pooled_dice(counts: np.ndarray) -> np.ndarray:
-    """Pooled Dice per class from :func:`dice_counts` of any set of slices; NaN for a class no target holds.
-
-    Args:
-        counts: (N, C, 3).
-
-    Returns:
-        float64 (C,).
-    """
-    inter, pred, true = counts.sum(axis=0).T.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(true > 0, 2 * inter / (pred + true), np.nan)
+def _pooled(counts: np.ndarray, class_ids: Sequence[int]) -> DiceAccumulator:
+    accumulator = DiceAccumulator(class_ids)
+    accumulator.add_counts(counts)
+    return accumulator
 
 
 def usefulness_metrics(counts: np.ndarray, view: np.ndarray, class_ids: Sequence[int], labels: LabelMap) -> dict:
-    """Every number of a usefulness run from its saved counts.
+    """Every number of a usefulness run from its saved counts (the table's pooled Dice,
+    :class:`~segdiff.evaluation.metrics.DiceAccumulator`).
 
     Args:
-        counts: (N, C, 3) of the test slices (:func:`dice_counts`).
+        counts: (N, C, 3) of the test slices (:func:`~segdiff.evaluation.metrics.dice_counts`).
         view: (N,) each slice's view.
         class_ids: the organ ids of the counts' columns.
         labels: the label map (organ names).
 
     Returns:
         ``dice`` (mean over the organs present), ``dice_per_organ`` (name -> Dice), ``dice_per_view``
-        (view -> mean Dice) and ``n_test_slices``.
+        (view -> mean Dice, None without an organ) and ``n_test_slices``.
     """
-    per_class = pooled_dice(counts)
-    present = ~np.isnan(per_class)
-    mean = float(per_class[present].mean()) if present.any() else float("nan")
+    overall = _pooled(counts, class_ids)
     per_view = {}
     for v in sorted(set(view.tolist())):
-        d = pooled_dice(counts[view == v])
-        per_view[v] = float(np.nanmean(d)) if (~np.isnan(d)).any() else None
-    return {"dice": mean, "dice_per_organ": {labels.names[c]: float(d) for c, d in zip(class_ids, per_class) if not np.isnan(d)},
+        mean = _pooled(counts[view == v], class_ids).mean()
+        per_view[v] = None if np.isnan(mean) else mean
+    return {"dice": overall.mean(), "dice_per_organ": {labels.names[c]: d for c, d in overall.per_class().items()},
             "dice_per_view": per_view, "n_test_slices": int(len(counts))}
 
 
