@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,15 +59,30 @@ class StoreWriter:
         self.classes: dict[str, set[int]] = {}
         self.written = 0
 
+    @contextlib.contextmanager
+    def _open(self):
+        with atomic_dir(self.out_dir) as tmp, open(tmp / "image.npy", "wb") as images, \
+                open(tmp / "mask.npy", "wb") as masks:
+            # plain appends, not a writable memory map: dirty mapped pages would count as the job's memory
+            for f, dtype in ((images, np.float32), (masks, np.uint8)):
+                write_array_header_1_0(f, {"descr": dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                                           "shape": (self.total, *self.shape)})
+            self._files = (images, masks)
+            yield self
+            if self.written != self.total:
+                raise InputError(self.out_dir, f"{self.written} slices appended, {self.total} announced")
+            columns = ["case", "split", "slice", *(["view"] if self.views else [])]
+            index = pd.concat(self.rows) if self.rows else pd.DataFrame(columns=columns)
+            index.to_csv(tmp / "index.tsv", sep="\t", index=False)
+            classes = {case: sorted(ids) for case, ids in self.classes.items()}
+            (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
+
     def __enter__(self) -> "StoreWriter":
-        self._stack = contextlib.ExitStack()
-        self._tmp = self._stack.enter_context(atomic_dir(self.out_dir))
-        # plain appends, not a writable memory map: dirty mapped pages would count as the job's memory
-        self._files = [open(self._tmp / "image.npy", "wb"), open(self._tmp / "mask.npy", "wb")]
-        for f, dtype in zip(self._files, (np.float32, np.uint8)):
-            write_array_header_1_0(f, {"descr": dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                                       "shape": (self.total, *self.shape)})
-        return self
+        self._pending = self._open()
+        return self._pending.__enter__()
+
+    def __exit__(self, *exc) -> bool:
+        return self._pending.__exit__(*exc)
 
     def append(self, image: np.ndarray, mask: np.ndarray, case, split, slice_index, view=None) -> None:
         """Append a block of slices.
@@ -76,7 +90,8 @@ class StoreWriter:
         Args:
             image: (B, H, W) in [0, 1].
             mask: (B, H, W) label ids.
-            case: the case id of every slice (a scalar or (B,)).
+            case: the case id of every slice (a scalar or (B,)); a case given for an empty block still gets
+                its (empty) entry in ``classes.json``.
             split: the split of every slice (a scalar or (B,)).
             slice_index: (B,) index of each slice along its view's axis.
             view: the view of every slice (a scalar or (B,)); only with ``views``.
@@ -87,31 +102,10 @@ class StoreWriter:
         if self.views:
             block["view"] = view
         self.rows.append(block)
-        for c in np.unique(block["case"].to_numpy(str)):
-            ids = np.unique(mask[block["case"].to_numpy(str) == c])
-            self.classes.setdefault(str(c), set()).update(int(i) for i in ids)
+        case_of = block["case"].to_numpy(str)
+        for c in np.unique(np.atleast_1d(np.asarray(case, dtype=str))):
+            self.classes.setdefault(str(c), set()).update(int(i) for i in np.unique(mask[case_of == c]))
         self.written += len(block)
-
-    def _finish(self) -> None:
-        if self.written != self.total:
-            raise InputError(self.out_dir, f"{self.written} slices appended, {self.total} announced")
-        columns = ["case", "split", "slice", *(["view"] if self.views else [])]
-        index = pd.concat(self.rows) if self.rows else pd.DataFrame(columns=columns)
-        index.to_csv(self._tmp / "index.tsv", sep="\t", index=False)
-        classes = {case: sorted(ids) for case, ids in self.classes.items()}
-        (self._tmp / "classes.json").write_text(json.dumps(classes) + "\n")
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        for f in self._files:
-            f.close()
-        if exc_type is None:
-            try:
-                self._finish()
-            except BaseException:
-                if not self._stack.__exit__(*sys.exc_info()):
-                    raise
-                return False
-        return bool(self._stack.__exit__(exc_type, exc, tb))
 
 
 def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = ".") -> Path:
@@ -141,7 +135,6 @@ def write_store(manifest: pd.DataFrame, out_dir: str | Path, root: str | Path = 
                 raise InputError(path, f"{n} slices of {shard.image.shape[1:]} but the manifest says {row.n_slices} "
                                        f"of {shape} (re-run the manifest)")
             writer.append(shard.image, shard.mask, row.case, row.split, shard.slice)
-            writer.classes.setdefault(str(row.case), set())  # a case without slices still has an entry
     return out_dir
 
 
