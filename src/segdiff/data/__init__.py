@@ -14,7 +14,7 @@ __getattr__, __dir__, __all__ = lazy_api(
         "shards": ["write_case_shards", "read_shard", "preview_indices", "build_manifest", "MANIFEST_COLUMNS"],
         "slicing": [
             "VIEWS", "slice_views", "Shard", "normalise_ct", "normalise_mri", "normalise", "view_stack",
-            "resize_stack", "resize_chunks", "ViewSlices", "select_slices", "slice_volume",
+            "resize_stack", "resize_chunks", "ViewSlices", "organ_pixels", "select_slices", "slice_volume",
         ],
         "store": ["write_store", "write_subset", "SliceStore", "STORE_FILES"],
     },

@@ -23,7 +23,7 @@ import numpy as np
 from segdiff.sources.volumes import Volume
 
 __all__ = ["VIEWS", "slice_views", "Shard", "normalise_ct", "normalise_mri", "normalise", "view_stack", "resize_stack",
-           "resize_chunks", "ViewSlices", "select_slices", "slice_volume"]
+           "resize_chunks", "ViewSlices", "organ_pixels", "select_slices", "slice_volume"]
 
 View = Literal["axial", "coronal", "sagittal"]
 VIEWS: tuple[View, ...] = ("axial", "coronal", "sagittal")
@@ -270,8 +270,16 @@ class ViewSlices:
                      slice=self.slice, pixel_mm=self.pixel_mm)
 
 
-def _organ_pixels(block: np.ndarray, body_id: int | None) -> np.ndarray:
-    """Organ pixels per slice of a (n, H, W) block of masks: neither background nor the body envelope."""
+def organ_pixels(block: np.ndarray, body_id: int | None) -> np.ndarray:
+    """Organ pixels per slice of a (n, H, W) block of masks: neither background nor the body envelope.
+
+    Args:
+        block: (n, H, W) label ids.
+        body_id: the body envelope's id in the masks (not an organ), or None.
+
+    Returns:
+        (n,) int counts.
+    """
     flat = block.reshape(len(block), -1)
     if body_id is None:
         return np.count_nonzero(flat, axis=1)
@@ -297,7 +305,7 @@ def select_slices(volume: Volume, normalised: np.ndarray, view: str, image_size:
         The selected slices, resized on demand.
     """
     mask_stack, pixel = view_stack(volume.label, volume.spacing, view)
-    counts = [_organ_pixels(b, body_id) for b in resize_chunks(mask_stack, pixel, image_size, labels=True)]
+    counts = [organ_pixels(b, body_id) for b in resize_chunks(mask_stack, pixel, image_size, labels=True)]
     keep = np.flatnonzero(np.concatenate([np.zeros(0, np.int64), *counts]) >= min_foreground).astype(np.int32)
     image_stack, _ = view_stack(normalised, volume.spacing, view)
     return ViewSlices(image_stack, mask_stack, pixel, image_size, keep, fitted_shape(mask_stack.shape[1:], pixel, image_size)[1])

@@ -47,6 +47,7 @@ from segdiff.core.errors import InputError
 from segdiff.report.figures import generation_grid_figure
 from segdiff.core.labels import LabelMap
 from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
+from segdiff.data.slicing import organ_pixels
 from segdiff.data.store import SliceStore
 
 __all__ = ["MODES", "SampleJob", "SampleRunJob", "GatherJob", "run_generation", "read_generation", "sample_run",
@@ -207,9 +208,8 @@ def _generation_arrays(model_path: str | Path, test: SliceSet, mode: str, settin
     kept, dropped_empty = np.arange(len(test)), 0
     if mode == "multimodal":
         # a slice whose organs were all (or all but a few pixels) unseen has nothing left to generate from
-        organ_ids = [int(c) for c in meta.get("labels") or {}]
-        organs = np.isin(test.mask, organ_ids) if organ_ids else test.mask > 0
-        kept = np.flatnonzero(np.count_nonzero(organs.reshape(len(test), -1), axis=1) >= min_foreground)
+        # organ pixels counted as the slicing counted them when it kept the slice (the model's body id is no organ)
+        kept = np.flatnonzero(organ_pixels(test.mask, meta.get("body_id")) >= min_foreground)
         dropped_empty = len(test) - len(kept)
         if dropped_empty:
             log.info("%s: %d of %d source slices dropped: fewer than %d organ pixels once unseen organs are background",
