@@ -363,15 +363,14 @@ def oracle_trainset_job(snakemake: Any) -> OracleTrainsetJob:
     from segdiff.usefulness.trainset import OracleTrainsetJob
 
     p = snakemake.params
-    pre = dict(p.preprocess)
+    pre = p.preprocess  # its body is not read: the set keeps the store's masks, envelope included
     views = [Path(s).parent.name for s in snakemake.input.stores]
-    common = {key: pre.pop(key, None) for key in ("image_size", "min_foreground", "ct_window", "mri_percentiles")}
-    for key in ("keep_shards", "previews_per_case", "body"):  # body: the set keeps the store's masks, envelope included
-        pre.pop(key, None)
     return OracleTrainsetJob(modality=snakemake.wildcards.modality, cases=dict(p.label_files),
                              stores=dict(zip(views, _paths(snakemake.input.stores))), splits=list(p.splits),
-                             phantom=p.phantom, seed=p.seed, labels=load_label_map(p.labels), **common,
-                             outputs=dict(zip(views, _paths(snakemake.output.stores))), preprocess=pre)
+                             phantom=p.phantom, seed=p.seed, labels=load_label_map(p.labels),
+                             image_size=pre["image_size"], min_foreground=pre["min_foreground"],
+                             ct_window=pre.get("ct_window"), mri_percentiles=pre.get("mri_percentiles"),
+                             outputs=dict(zip(views, _paths(snakemake.output.stores))))
 
 
 def score_job(snakemake: Any) -> ScoreJob:

@@ -29,7 +29,7 @@ from segdiff.pipeline.job_memory import (
 )
 from segdiff.report.tables import run_label
 from segdiff.sampling.chunks import largest_chunk, scatter_item
-from segdiff.usefulness.sets import few_real_cases, uses_generated, uses_real
+from segdiff.usefulness.sets import TRAINSET_GROUP_BATCHES, few_real_cases, uses_generated, uses_real
 
 __all__ = ["StudyPlan", "MODALITIES_BEFORE_DOWNLOAD", "TEST_CASES_BEFORE_DOWNLOAD"]
 
@@ -392,13 +392,14 @@ class StudyPlan:
         return notes
 
     def trainset_mem(self) -> int:
-        """``mem_mb`` of a generated-training-set job: one group of masks in flight (``8 x sampling.batch_size``).
+        """``mem_mb`` of a generated-training-set job: one group of masks in flight
+        (``TRAINSET_GROUP_BATCHES x sampling.batch_size``).
 
         Returns:
             Megabytes.
         """
         batch, size = self.config["sampling"]["batch_size"], self.config["preprocess"]["image_size"]
-        return sample_mem_mb(self.config["compute"]["sample_mem_mb"], 8 * batch, 1, size) \
+        return sample_mem_mb(self.config["compute"]["sample_mem_mb"], TRAINSET_GROUP_BATCHES * batch, 1, size) \
             + cpu_activations_mb(batch, size, self.cpu_channels["diffusion"], training=False)
 
     # ---- resource requests

@@ -6,7 +6,7 @@ from segdiff._api import lazy_api
 __getattr__, __dir__, __all__ = lazy_api(
     __name__,
     {
-        "sets": ["TRAINSETS", "TRAINSET_LABELS", "few_real_cases", "uses_real", "uses_generated"],
+        "sets": ["TRAINSET_GROUP_BATCHES", "TRAINSETS", "TRAINSET_LABELS", "few_real_cases", "uses_real", "uses_generated"],
         "trainset": ["TrainsetJob", "sample_trainset", "trainset_part", "OracleTrainsetJob", "oracle_trainset"],
         "score": ["ScoreJob", "usefulness_metrics", "score_segmentor"],
         "report": ["usefulness_tables", "write_usefulness_report", "usefulness_figure"],

@@ -20,7 +20,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["TRAINSETS", "TRAINSET_LABELS", "few_real_cases", "uses_real", "uses_generated"]
+__all__ = ["TRAINSET_GROUP_BATCHES", "TRAINSETS", "TRAINSET_LABELS", "few_real_cases", "uses_real", "uses_generated"]
+
+#: sampler batches generated per step of a generated-training-set job (and held in memory at once): its memory
+#: bound (``segdiff.pipeline.plan.StudyPlan.trainset_mem``)
+TRAINSET_GROUP_BATCHES = 8
 
 #: every training set, in the order of the table and the figure (``real`` first: the baseline)
 TRAINSETS = ("real", "generated", "real_generated", "few_real", "few_real_generated", "oracle")

@@ -29,13 +29,12 @@ from segdiff.data.oracle import render_oracle
 from segdiff.data.store import SliceStore, StoreWriter
 from segdiff.models.diffusion import load_diffusion
 from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
+from segdiff.usefulness.sets import TRAINSET_GROUP_BATCHES
 
 __all__ = ["TrainsetJob", "sample_trainset", "trainset_part", "OracleTrainsetJob", "oracle_trainset"]
 
 log = logging.getLogger(__name__)
 
-#: masks generated per call of the sampler (its batches are ``sampler.batch_size``): bounds the job's memory
-_GROUP_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def sample_trainset(job: TrainsetJob) -> None:
     positions = trainset_part(len(store), job.chunk, job.chunks)
     model, scheduler_config, meta = load_diffusion(job.model, job.device)
     num_classes = model.config.num_classes
-    group = job.sampler.batch_size * _GROUP_BATCHES
+    group = job.sampler.batch_size * TRAINSET_GROUP_BATCHES
     log.info("%d of %d %s slices (%s) from %s", len(positions), len(store), "+".join(job.splits), Path(job.store).parent.name,
              job.model)
     with StoreWriter(job.out, len(positions), store.shape, views=True) as writer:
@@ -129,7 +128,6 @@ class OracleTrainsetJob:
         ct_window: ``preprocess.ct_window``.
         mri_percentiles: ``preprocess.mri_percentiles``.
         outputs: view -> the store folder to write.
-        preprocess: further ``preprocess`` settings :func:`~segdiff.data.oracle.render_oracle` takes.
     """
 
     modality: str
@@ -144,7 +142,6 @@ class OracleTrainsetJob:
     ct_window: Sequence[float]
     mri_percentiles: Sequence[float]
     outputs: Mapping[str, str | Path]
-    preprocess: Mapping = None
 
 
 def oracle_trainset(job: OracleTrainsetJob) -> None:
@@ -166,8 +163,7 @@ def oracle_trainset(job: OracleTrainsetJob) -> None:
         for case in tqdm(cases, desc=f"oracle training set {job.modality}", unit="case", mininterval=5.0):
             renders = render_oracle(case, job.modality, job.cases[case], job.phantom, job.seed, 1, job.labels, views,
                                     image_size=job.image_size, min_foreground=job.min_foreground,
-                                    ct_window=job.ct_window, mri_percentiles=job.mri_percentiles,
-                                    **dict(job.preprocess or {}))
+                                    ct_window=job.ct_window, mri_percentiles=job.mri_percentiles)
             for v in views:
                 store, rows = stores[v], np.flatnonzero(stores[v].case == case)
                 _, masks = store.read(rows)
