@@ -206,7 +206,7 @@ def test_whole_study(study):
     assert recon["generated"].shape == (min(12, int(test_mri["n_slices"].sum())), 1, 16, 16)
     assert multi["generated"].shape[1] == 2 and not np.array_equal(multi["generated"][:, 0], multi["generated"][:, 1])
     np.testing.assert_array_equal(recon["generated"][:, 0], multi["generated"][:, 0])  # generation 1 is the reconstruction
-    assert cross["generated"].shape[1] == 2
+    assert cross["generated"].shape[1] == 2 and cross["info"]["source"] == "ct"  # its originals are CT slices
     assert set(cross["case"]) <= set(pd.read_csv(results / "data/cases.tsv", sep="\t").query("modality == 'ct'")["case"])
     assert len(every["case"]) == 12 and set(every["view"]) == {"axial", "coronal", "sagittal"}  # stratified subset
     for arrays in (recon, multi, cross, every):

@@ -55,8 +55,9 @@ def test_generations_panel_shows_all_generations_with_aligned_titles(tmp_path, f
               ("Multi-inference", {"original": image, "mask": mask, "generated": generated}),
               ("Multi-modal", {"original": image, "mask": mask, "generated": generated[:, :2]})]
     out = tmp_path / "generations.png"
-    generations_panel_figure(panels, LABELS, out)
+    in_cell = generations_panel_figure(panels, LABELS, out, first_titles=["Original", "Original", "CT (source)"])
     assert out.stat().st_size > 20_000
+    assert in_cell == ["", "", "CT (source)"]
     (fig,) = figures
     assert columns(fig.axes) == 2 + 4 and len(fig.axes) == 3 * 6
     rows = {}
@@ -66,6 +67,9 @@ def test_generations_panel_shows_all_generations_with_aligned_titles(tmp_path, f
     titles = {t.get_text(): t.get_position()[1] for t in fig.texts}
     assert set(titles) == {"Original", "Segmentation", "Generation 1", "Generation 2", "Generation 3", "Generation 4"}
     assert len(set(titles.values())) == 1  # one baseline for every column title
+    # the multi-modal row's first cell is the CT source, not an original: it says so, in its own cell
+    (source_cell,) = [ax for ax in fig.axes if [t.get_text() for t in ax.texts] == ["CT (source)"]]
+    assert source_cell.get_ylabel() == "Multi-modal"
 
 
 def test_oracle_vs_generated_has_segmentation_renders_and_generations(tmp_path, figures):

@@ -230,14 +230,16 @@ def test_multimodal_drops_slices_left_empty_and_chunks_still_merge(setup, tmp_pa
 
     def job(out, chunk=0, chunks=1, min_foreground=4):
         return SampleJob(model=model, stores=stores, mode="multimodal", sampler=SAMPLER, k=2, max_slices=0, seed=5,
-                         device=torch.device("cpu"), out=out, chunk=chunk, chunks=chunks, min_foreground=min_foreground)
+                         device=torch.device("cpu"), out=out, chunk=chunk, chunks=chunks, min_foreground=min_foreground,
+                         source="ct")
 
     whole = run_files(tmp_path / "whole", "multimodal")
-    sample_run(SampleRunJob(job(whole["samples"]), labels, whole["grid"], title="t", source="ct"))
+    sample_run(SampleRunJob(job(whole["samples"]), labels, whole["grid"], title="t"))
     unsplit = read_generation(whole["samples"])
     kept = [f"{c}/{s}" for c, s in zip(unsplit["case"], unsplit["slice"])]
     assert kept == ["t0/1", "t0/2", "t0/4", "t0/5", "t1/0", "t1/1", "t1/3", "t1/4"]  # t0/0, t0/3, t1/2 dropped
     assert unsplit["info"]["dropped_empty"] == 3 and unsplit["generated"].shape == (8, 2, 16, 16)
+    assert unsplit["info"]["source"] == "ct"  # the file says what its originals are
     assert (np.count_nonzero(unsplit["mask"].reshape(8, -1), axis=1) >= 4).all()
     # the grid's first column: the CT slices the masks come from
     (args, kwargs), = grids
@@ -249,7 +251,7 @@ def test_multimodal_drops_slices_left_empty_and_chunks_still_merge(setup, tmp_pa
         sample_chunk(job(part, i, 3))
     assert [read_generation(p)["info"]["dropped_empty"] for p in parts] == [2, 0, 1]
     split = run_files(tmp_path / "split", "multimodal")
-    gather_run(GatherJob(parts[::-1], labels, split["samples"], split["grid"], title="t", source="ct"))
+    gather_run(GatherJob(parts[::-1], labels, split["samples"], split["grid"], title="t"))
     assert_same_generation(read_generation(split["samples"]), unsplit, split["samples"], whole["samples"])
     assert grids[-1][1]["original_title"] == "CT (source)"
     # a part whose record of its dropped slices is lost no longer adds up to its bounds

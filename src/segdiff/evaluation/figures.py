@@ -12,7 +12,7 @@ from pathlib import Path
 from segdiff.core.labels import LabelMap
 from segdiff.report.figures import dice_per_organ_figure, generations_panel_figure, loss_panels_figure, metrics_by_run_figure
 from segdiff.report.tables import run_label
-from segdiff.sampling.experiments import read_generation
+from segdiff.sampling.experiments import first_column_title, read_generation
 
 __all__ = ["PANEL_ROWS", "LOSS_PANELS", "EvaluationFiguresJob", "loss_panels", "evaluation_figures"]
 
@@ -74,7 +74,8 @@ def evaluation_figures(job: EvaluationFiguresJob) -> None:
     """
     metrics = [json.loads(Path(m).read_text()) for m in job.metrics]
     panels = [(PANEL_ROWS[Path(f).stem], read_generation(f)) for f in job.generations]
-    generations_panel_figure(panels, job.labels, job.panel_figure)
+    generations_panel_figure(panels, job.labels, job.panel_figure,
+                             first_titles=[first_column_title(arrays["info"]) for _, arrays in panels])
     dice_per_organ_figure(metrics, job.dice_figure)
     metrics_by_run_figure(metrics, job.metrics_figure)
     loss_panels_figure(loss_panels(job.losses), job.loss_figure)

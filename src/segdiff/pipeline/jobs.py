@@ -97,7 +97,7 @@ def sample_job(snakemake: Any) -> SampleJob:
     Args:
         snakemake: the job's ``snakemake`` object: params ``sampling`` (sampler, steps, eta, k),
             ``mode``, ``max_slices``, ``seed`` and (multi-modal) ``min_foreground``; input ``model``, ``stores``;
-            output ``part``; wildcard
+            output ``part``; wildcards ``source`` (multi-modal) and
             ``scatteritem`` (``i-of-n``, Snakemake's scattergather; ``n`` follows ``--set-scatter sample=N``);
             config ``sampling.batch_size``, ``compute.device``, ``compute.precision``.
 
@@ -115,7 +115,8 @@ def sample_job(snakemake: Any) -> SampleJob:
                      sampler=sampler_settings(sampling, speed_settings(config, "compute")["precision"], device),
                      k=p.sampling["k"], max_slices=p.max_slices, seed=p.seed, device=device,
                      out=str(snakemake.output.part), chunk=chunk - 1, chunks=chunks,
-                     min_foreground=getattr(p, "min_foreground", 0))  # multi-modal only
+                     min_foreground=getattr(p, "min_foreground", 0),  # multi-modal only
+                     source=getattr(snakemake.wildcards, "source", ""))
 
 
 def gather_job(snakemake: Any) -> GatherJob:
@@ -137,7 +138,7 @@ def gather_job(snakemake: Any) -> GatherJob:
     optional = {key: str(getattr(o, key)) if hasattr(o, key) else None
                 for key in ("reconstruction", "reconstruction_grid")}
     return GatherJob(parts=_paths(snakemake.input.parts), labels=load_label_map(snakemake.params.labels),
-                     out=str(o.samples), grid=str(o.grid), **optional, source=getattr(w, "source", ""),
+                     out=str(o.samples), grid=str(o.grid), **optional,
                      title=f"{getattr(w, 'source', w.modality)} masks -> {w.modality} model ({w.view})")
 
 

@@ -252,7 +252,8 @@ def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, genera
     return titles
 
 
-def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, out: str | Path) -> None:
+def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, out: str | Path,
+                             first_titles: Sequence[str] = ()) -> list[str]:
     """The poster's Generations panel: one row per experiment, columns Original | Segmentation |
     Generation 1..k with k the most generations of any experiment (rows with fewer leave the extra
     cells blank). Each row shows the slice with the most foreground.
@@ -262,6 +263,11 @@ def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, o
             (N, k, H, W) and optionally ``original`` (N, H, W).
         labels: the label map (the colours).
         out: the image file to write.
+        first_titles: per row, what its first cell shows (default ``Original``); a row whose first cell is
+            not an original (a multi-modal row's ``CT (source)``) has that title written in the cell.
+
+    Returns:
+        The titles written in first cells, by row (empty where the column's ``Original`` holds).
     """
     k = max((arrays["generated"].shape[1] for _, arrays in panels), default=1)
     aspect = _aspect(panels[0][1]["mask"]) if panels else 1.0
@@ -280,6 +286,12 @@ def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, o
             else:
                 _blank(axes[r][2 + j])
         axes[r][0].set_ylabel(name, fontsize=8)
+    in_cell = [t if t != "Original" else "" for t in list(first_titles)[:len(panels)]]
+    in_cell += [""] * (len(panels) - len(in_cell))
+    for r, title in enumerate(in_cell):
+        if title:
+            axes[r][0].text(0.5, 0.97, title, transform=axes[r][0].transAxes, ha="center", va="top", fontsize=6,
+                            color="white", bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0})
     if not panels:
         for ax in axes[0]:
             _blank(ax)
@@ -287,6 +299,7 @@ def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, o
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)
+    return in_cell
 
 
 def _spread_picks(mask: np.ndarray, rows: int) -> list[int]:

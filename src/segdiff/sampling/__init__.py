@@ -9,7 +9,7 @@ __getattr__, __dir__, __all__ = lazy_api(
         "chunks": ["chunk_bounds", "largest_chunk", "scatter_item"],
         "experiments": [
             "MODES", "SampleJob", "SampleRunJob", "GatherJob", "run_generation", "read_generation",
-            "sample_run", "subset_index", "sample_chunk", "merge_chunks", "gather_run",
+            "first_column_title", "sample_run", "subset_index", "sample_chunk", "merge_chunks", "gather_run",
         ],
         "samplers": ["SamplerSettings", "sample_seed", "initial_noise", "stochastic_step", "generate"],
     },

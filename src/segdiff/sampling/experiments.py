@@ -13,8 +13,9 @@
 Output ``.npz`` (one per run and mode): ``generated`` float32 (N, k, H, W) in [0, 1],
 ``original`` float32 (N, H, W) (the real slice the mask belongs to; for multi-modal it is of the
 *source* modality), ``mask`` uint8 (N, H, W), ``case`` (N,) str, ``slice`` (N,) int32,
-``view`` (N,) str, ``seed`` int, and ``info`` (a JSON string: mode, model, sampler settings,
-``classes_set_to_background`` and ``dropped_empty``, the source slices a multi-modal run dropped).
+``view`` (N,) str, ``seed`` int, and ``info`` (a JSON string: mode, model, sampler settings, and for a
+multi-modal run ``source``, the modality of its masks and originals, ``classes_set_to_background`` and
+``dropped_empty``, the source slices it dropped).
 
 A run's sampling can be split over jobs (``sampling.chunks``, Snakemake's scatter/gather):
 :func:`sample_chunk` samples one contiguous part of the test subset (:func:`chunk_bounds`) into a
@@ -50,7 +51,8 @@ from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
 from segdiff.data.slicing import organ_pixels
 from segdiff.data.store import SliceStore
 
-__all__ = ["MODES", "SampleJob", "SampleRunJob", "GatherJob", "run_generation", "read_generation", "sample_run",
+__all__ = ["MODES", "SampleJob", "SampleRunJob", "GatherJob", "run_generation", "read_generation",
+           "first_column_title", "sample_run",
            "subset_index", "sample_chunk", "merge_chunks", "gather_run"]
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class SampleJob:
         chunks: parts the run is split into (1: the whole subset).
         min_foreground: multi-modal only: slices with fewer organ pixels once the organs the model never saw are
             background are dropped (``preprocess.min_foreground``; 0 keeps every slice).
+        source: multi-modal only: the modality the masks and the ``original`` slices come from (``ct``),
+            recorded in the file's ``info["source"]``.
     """
 
     model: str | Path
@@ -90,6 +94,7 @@ class SampleJob:
     chunk: int = 0
     chunks: int = 1
     min_foreground: int = 0
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,8 +108,6 @@ class SampleRunJob:
         reconstruction: with ``mode`` multi-inference, the reconstruction file taken from it (generation 1).
         reconstruction_grid: the PNG grid of the reconstruction file.
         title: the grids' title (after the mode).
-        source: a multi-modal run's mask modality (``ct``): its grid's first column, the source slices, is
-            titled ``CT (source)``.
     """
 
     sample: SampleJob
@@ -113,7 +116,6 @@ class SampleRunJob:
     reconstruction: str | Path | None = None
     reconstruction_grid: str | Path | None = None
     title: str = ""
-    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,6 @@ class GatherJob:
         reconstruction: from a multi-inference run, the reconstruction file taken from it (generation 1).
         reconstruction_grid: the PNG grid of the reconstruction file.
         title: the grids' title (after the mode).
-        source: a multi-modal run's mask modality (``ct``): its grid's first column, the source slices, is
-            titled ``CT (source)``.
     """
 
     parts: Sequence[str | Path]
@@ -139,7 +139,6 @@ class GatherJob:
     reconstruction: str | Path | None = None
     reconstruction_grid: str | Path | None = None
     title: str = ""
-    source: str = ""
 
 
 def run_generation(
@@ -153,6 +152,7 @@ def run_generation(
     k: int = 1,
     reconstruction: str | Path | None = None,
     min_foreground: int = 0,
+    source: str = "",
 ) -> dict:
     """Sample ``mode`` for every slice of ``test`` and write ``out`` (.npz) atomically; returns the arrays.
 
@@ -169,6 +169,7 @@ def run_generation(
             reconstruction experiment's file (it appears together with ``out``); None: no such file.
         min_foreground: multi-modal only: slices left with fewer organ pixels once the organs the model never
             saw are background are dropped (counted in ``info["dropped_empty"]``).
+        source: multi-modal only: the modality of ``test`` (``ct``), recorded as ``info["source"]``.
 
     Returns:
         The arrays written to ``out`` (see the module docstring; ``info`` as a JSON string).
@@ -181,13 +182,14 @@ def run_generation(
         raise ValueError(f"unknown mode {mode!r} (expected one of {MODES})")
     if reconstruction is not None and mode != "multi_inference":
         raise ValueError("a reconstruction file can only be taken from a multi-inference run")
-    arrays, _ = _generation_arrays(model_path, test, mode, settings, seed, device, k, min_foreground)
+    arrays, _ = _generation_arrays(model_path, test, mode, settings, seed, device, k, min_foreground, source)
     _write_generation(arrays, out, reconstruction)
     return arrays
 
 
 def _generation_arrays(model_path: str | Path, test: SliceSet, mode: str, settings: SamplerSettings, seed: int,
-                       device: torch.device, k: int, min_foreground: int = 0) -> tuple[dict, np.ndarray]:
+                       device: torch.device, k: int, min_foreground: int = 0,
+                       source: str = "") -> tuple[dict, np.ndarray]:
     """The arrays of a generation file for the slices of ``test`` (see the module docstring), and the positions
     in ``test`` of the slices they hold (all but those a multi-modal run dropped)."""
     if mode not in MODES:
@@ -225,6 +227,7 @@ def _generation_arrays(model_path: str | Path, test: SliceSet, mode: str, settin
         "original": test.image, "mask": test.mask, "case": test.case, "slice": test.slice, "view": test.view,
         "seed": np.int64(seed),
         "info": json.dumps({"mode": mode, "model": str(model_path), "model_meta": meta, "k": k, "sampler": asdict(settings),
+                            **({"source": source} if mode == "multimodal" else {}),
                             "classes_set_to_background": dropped, "dropped_empty": dropped_empty}),
     }, kept
 
@@ -254,11 +257,27 @@ def read_generation(path: str | Path) -> dict:
     return arrays
 
 
-def _grids(arrays: dict, mode: str, label_map: LabelMap, grid: str | Path, reconstruction_grid: str | Path | None,
-           title: str, source: str = "") -> None:
-    """The PNG grid of a generation file (and of the reconstruction taken from it). A multi-modal grid's first
-    column shows the source slices the masks come from, titled ``<SOURCE> (source)``."""
-    first = f"{source.upper() or 'Source'} (source)" if mode == "multimodal" else "Original"
+def first_column_title(info: dict) -> str:
+    """What a generation file's ``original`` slices are: ``Original``, or for a multi-modal run the source
+    modality's slices the masks come from, ``CT (source)``.
+
+    Args:
+        info: the file's ``info`` (parsed).
+
+    Returns:
+        The title of the column that shows them.
+    """
+    if info["mode"] != "multimodal":
+        return "Original"
+    return f"{info.get('source', '').upper() or 'Source'} (source)"
+
+
+def _grids(arrays: dict, label_map: LabelMap, grid: str | Path, reconstruction_grid: str | Path | None,
+           title: str) -> None:
+    """The PNG grid of a generation file (and of the reconstruction taken from it); the first column is titled
+    by :func:`first_column_title`."""
+    info = json.loads(arrays["info"])
+    mode, first = info["mode"], first_column_title(info)
     generation_grid_figure(arrays["original"], arrays["mask"], arrays["generated"], label_map, grid,
                            f"{mode.replace('_', '-')}: {title}", original_title=first)
     if reconstruction_grid is not None:
@@ -279,8 +298,8 @@ def sample_run(job: SampleRunJob) -> None:
         raise ValueError(f"sample_run samples the whole subset (chunk 0 of 1), got chunk {s.chunk} of {s.chunks}")
     test = SliceStore(s.stores, ["test"]).subset(s.max_slices, s.seed)
     arrays = run_generation(s.model, test, s.mode, s.sampler, s.seed, s.device, s.out, k=s.k,
-                            reconstruction=job.reconstruction, min_foreground=s.min_foreground)
-    _grids(arrays, s.mode, job.labels, job.grid, job.reconstruction_grid, job.title, job.source)
+                            reconstruction=job.reconstruction, min_foreground=s.min_foreground, source=s.source)
+    _grids(arrays, job.labels, job.grid, job.reconstruction_grid, job.title)
 
 
 def subset_index(store: SliceStore, max_slices: int, seed: int) -> np.ndarray:
@@ -325,7 +344,7 @@ def sample_chunk(job: SampleJob) -> None:
     start, stop = chunk_bounds(len(index), chunks, k, job.sampler.batch_size)[chunk]
     log.info("chunk %d of %d: subset slices %d..%d of %d", chunk + 1, chunks, start, stop - 1, len(index))
     arrays, kept = _generation_arrays(job.model, store.take(index[start:stop]), job.mode, job.sampler, job.seed,
-                                      job.device, k, job.min_foreground)
+                                      job.device, k, job.min_foreground, job.source)
     dropped = [start + int(i) for i in np.setdiff1d(np.arange(stop - start), kept)]  # subset positions
     part = {"chunk": chunk, "chunks": chunks, "start": start, "stop": stop, "total": len(index),
             "subset": _subset_digest(store.case[index], store.view[index], store.slice[index]),
@@ -471,5 +490,4 @@ def gather_run(job: GatherJob) -> None:
         job: the chunk files and the run's files.
     """
     arrays = merge_chunks(job.parts, job.out, job.reconstruction)
-    _grids(arrays, json.loads(arrays["info"])["mode"], job.labels, job.grid, job.reconstruction_grid, job.title,
-           job.source)
+    _grids(arrays, job.labels, job.grid, job.reconstruction_grid, job.title)
