@@ -50,7 +50,7 @@ def run_cells(results: Path, out: Path, nfes: list[int], seeds: int, shard: tupl
     from segdiff.evaluation.run import recompute_metrics
     from segdiff.models.diffusion import load_diffusion
     from segdiff.models.segmentor import load_segmentor, predict
-    from segdiff.sampling.experiments import read_generation
+    from segdiff.sampling.files import read_generation
     from segdiff.sampling.samplers import SamplerSettings, generate, sample_seed
 
     torch.set_num_threads(1)

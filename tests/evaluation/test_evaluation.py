@@ -15,7 +15,7 @@ from segdiff.data.store import SliceStore
 from segdiff.evaluation.run import METRIC_KEYS, EvaluationJob, evaluate_run, evaluation_job, recompute_metrics
 from segdiff.evaluation.features.fid import InceptionFeatures
 from segdiff.evaluation.features.radiomics import radiomics_features
-from segdiff.sampling.experiments import read_generation
+from segdiff.sampling.files import read_generation
 from segdiff.core.labels import LabelMap
 from segdiff.data.oracle import write_oracle
 from segdiff.models.segmentor import SegmentorConfig, build_segmentor, predict, save_segmentor

@@ -27,7 +27,8 @@ from segdiff.pipeline import jobs
 from segdiff.pipeline.config import load_config
 from segdiff.pipeline.job_params import diffusion_params, preprocess_params, sampling_params, segmentor_params
 from segdiff.evaluation.figures import LOSS_PANELS, EvaluationFiguresJob, loss_panels
-from segdiff.sampling.experiments import GatherJob, SampleJob
+from segdiff.sampling.experiments import SampleJob
+from segdiff.sampling.files import GatherJob
 from segdiff.sampling.samplers import SamplerSettings
 
 CPU = torch.device("cpu")
@@ -66,7 +67,8 @@ def test_sample_job_takes_the_sampler_from_params_and_the_batch_from_the_config(
                             mode="multimodal", sampler=SamplerSettings(sampler="dpmpp_2m_sde", steps=3, spacing="lambda",
                                                                        batch_size=7, bf16=False),
                             k=4, max_slices=32, seed=1234, device=CPU,
-                            out="results/samples/ct2mri_axial/chunks/multimodal_2-of-3.npz", chunk=1, chunks=3)
+                            out="results/samples/ct2mri_axial/chunks/multimodal_2-of-3.npz", chunk=1, chunks=3,
+                            source="ct")
     # a multi-modal rule's min_foreground drops the source slices left (nearly) empty
     smk.params.min_foreground = 4
     assert jobs.sample_job(smk).min_foreground == 4
@@ -101,7 +103,6 @@ def test_gather_job_of_a_multi_inference_and_of_a_multimodal_run(config):
     job = jobs.gather_job(smk)
     assert (job.reconstruction, job.reconstruction_grid) == (None, None)
     assert job.title == "ct masks -> mri model (axial)" and job.parts == ("p1.npz",)
-    assert job.source == "ct"  # the grid's first column: "CT (source)"
 
 
 def test_evaluation_job(config):

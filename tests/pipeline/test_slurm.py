@@ -27,7 +27,8 @@ from segdiff.models.diffusion import load_diffusion
 from segdiff.core.device import pick_device
 from segdiff.core.labels import load_label_map
 from segdiff.pipeline.jobs import sampler_settings
-from segdiff.sampling.experiments import SampleJob, SampleRunJob, read_generation, sample_run
+from segdiff.sampling.experiments import SampleJob, SampleRunJob, sample_run
+from segdiff.sampling.files import read_generation
 from segdiff.pipeline.job_memory import train_mem_mb
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]

@@ -21,7 +21,7 @@ from conftest import REPO, TOTALSEG, ras_pair, save
 from studies import DATA_ONLY, STUDY, TINY, hermetic_env, job_counts, snakemake
 
 from segdiff.models.diffusion import load_diffusion
-from segdiff.sampling.experiments import read_generation
+from segdiff.sampling.files import read_generation
 from segdiff.data.shards import read_shard
 from monai.losses import DiceLoss
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity

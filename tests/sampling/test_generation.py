@@ -7,7 +7,8 @@ from tiny import SCHED, perturbed_model, tiny_slices
 
 from segdiff.data.dataset import stratified_subset
 from segdiff.models.diffusion import save_diffusion
-from segdiff.sampling.experiments import read_generation, run_generation
+from segdiff.sampling.experiments import run_generation
+from segdiff.sampling.files import read_generation
 from segdiff.sampling.samplers import SamplerSettings
 
 

@@ -19,10 +19,10 @@ from segdiff.models.diffusion import save_diffusion
 from segdiff.core.errors import InputError
 from segdiff.core.labels import load_label_map
 from segdiff.pipeline.jobs import sampler_settings
-from segdiff.sampling import experiments
+from segdiff.sampling import files
 from segdiff.sampling.chunks import chunk_bounds, scatter_item
-from segdiff.sampling.experiments import (GatherJob, SampleJob, SampleRunJob, gather_run, merge_chunks, read_generation,
-                                          sample_chunk, sample_run, subset_index)
+from segdiff.sampling.experiments import SampleJob, SampleRunJob, sample_chunk, sample_run, subset_index
+from segdiff.sampling.files import GatherJob, gather_run, merge_chunks, read_generation
 from segdiff.data.shards import build_manifest
 from segdiff.data.slicing import Shard
 from segdiff.data.store import SliceStore, write_store
@@ -224,8 +224,8 @@ def test_multimodal_drops_slices_left_empty_and_chunks_still_merge(setup, tmp_pa
     stores = make_cross_stores(tmp_path / "slices")
     labels = load_label_map("amos15")
     grids = []
-    real_grid = experiments.generation_grid_figure
-    monkeypatch.setattr(experiments, "generation_grid_figure",
+    real_grid = files.generation_grid_figure
+    monkeypatch.setattr(files, "generation_grid_figure",
                         lambda *args, **kwargs: grids.append((args, kwargs)) or real_grid(*args, **kwargs))
 
     def job(out, chunk=0, chunks=1, min_foreground=4):

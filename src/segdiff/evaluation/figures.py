@@ -12,7 +12,7 @@ from pathlib import Path
 from segdiff.core.labels import LabelMap
 from segdiff.report.figures import dice_per_organ_figure, generations_panel_figure, loss_panels_figure, metrics_by_run_figure
 from segdiff.report.tables import run_label
-from segdiff.sampling.experiments import first_column_title, read_generation
+from segdiff.sampling.files import first_column_title, read_generation
 
 __all__ = ["PANEL_ROWS", "LOSS_PANELS", "EvaluationFiguresJob", "loss_panels", "evaluation_figures"]
 

@@ -46,7 +46,7 @@ from segdiff.core.atomic import atomic_path
 from segdiff.data.dataset import SliceSet
 from segdiff.evaluation.features.fid import InceptionFeatures
 from segdiff.evaluation.features.radiomics import dominant_feature, frd_from_features, radiomics_features
-from segdiff.sampling.experiments import read_generation
+from segdiff.sampling.files import read_generation
 from segdiff.core.labels import LabelMap
 from segdiff.evaluation.metrics import DiceAccumulator, GaussianStats, dice_per_slice, diversity, frechet_distance, psnr, ssim
 from segdiff.data.oracle import gather_oracle

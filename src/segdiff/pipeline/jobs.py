@@ -7,7 +7,7 @@ a builder here turns the rule's ``params``, ``input``, ``output`` and ``wildcard
 - :func:`diffusion_train_job` -> :class:`~segdiff.models.jobs.DiffusionTrainJob` -> :func:`segdiff.models.jobs.train_diffusion`;
 - :func:`segmentor_train_job` -> :class:`~segdiff.models.jobs.SegmentorTrainJob` -> :func:`segdiff.models.jobs.train_segmentor`;
 - :func:`sample_job` -> :class:`~segdiff.sampling.experiments.SampleJob` -> :func:`segdiff.sampling.experiments.sample_chunk`;
-- :func:`gather_job` -> :class:`~segdiff.sampling.experiments.GatherJob` -> :func:`segdiff.sampling.experiments.gather_run`;
+- :func:`gather_job` -> :class:`~segdiff.sampling.files.GatherJob` -> :func:`segdiff.sampling.files.gather_run`;
 - :func:`evaluation_job` -> :class:`~segdiff.evaluation.run.EvaluationJob` -> :func:`segdiff.evaluation.run.evaluation_job`;
 - :func:`oracle_job` -> :class:`~segdiff.data.oracle.OracleJob` -> :func:`segdiff.data.oracle.case_oracle`;
 - :func:`slice_case_job` -> :class:`~segdiff.data.jobs.SliceCaseJob` -> :func:`segdiff.data.jobs.slice_case`;
@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from segdiff.evaluation.run import EvaluationJob
     from segdiff.models.jobs import DiffusionTrainJob, SegmentorTrainJob
     from segdiff.evaluation.figures import EvaluationFiguresJob
-    from segdiff.sampling.experiments import GatherJob, SampleJob
+    from segdiff.sampling.experiments import SampleJob
+    from segdiff.sampling.files import GatherJob
     from segdiff.sampling.samplers import SamplerSettings
     from segdiff.usefulness.score import ScoreJob
     from segdiff.usefulness.trainset import OracleTrainsetJob, TrainsetJob
@@ -128,10 +129,10 @@ def gather_job(snakemake: Any) -> GatherJob:
             wildcards ``modality``, ``view`` and, for multi-modal runs, ``source``.
 
     Returns:
-        The :class:`~segdiff.sampling.experiments.GatherJob`.
+        The :class:`~segdiff.sampling.files.GatherJob`.
     """
     from segdiff.core.labels import load_label_map
-    from segdiff.sampling.experiments import GatherJob
+    from segdiff.sampling.files import GatherJob
 
     o, w = snakemake.output, snakemake.wildcards
     # multi-inference only: the reconstruction taken from it
