@@ -37,6 +37,22 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+#: the tiny study's phantom grid (.test/config/config.yaml): the data tests' phantom volumes
+PHANTOM_SHAPE, PHANTOM_SPACING = (48, 40, 24), (8.0, 8.0, 12.0)
+
+
+@pytest.fixture(scope="module")
+def phantom_ct_case(tmp_path_factory):
+    """A phantom CT case (amos_0002, seed 3) on :data:`PHANTOM_SHAPE`: a folder with image.nii.gz and label.nii.gz."""
+    from segdiff.sources.phantom import generate_case
+
+    folder = tmp_path_factory.mktemp("ct_case")
+    image, label = generate_case("amos_0002", "ct", PHANTOM_SHAPE, PHANTOM_SPACING, seed=3)
+    nib.save(image, folder / "image.nii.gz")
+    nib.save(label, folder / "label.nii.gz")
+    return folder
+
+
 def ras_pair(shape=(20, 16, 12), spacing=(2.0, 1.5, 3.0), seed=0):
     """A random RAS image in HU and a label volume with three organs as boxes."""
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ still selected by their organ pixels; the oracle renders carry the case's own en
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import ras_pair, save
+from conftest import PHANTOM_SHAPE, PHANTOM_SPACING, ras_pair, save
 
 from segdiff.core.errors import InputError
 from segdiff.core.labels import LabelMap, load_label_map
@@ -19,7 +19,7 @@ from segdiff.sources.volumes import Volume, load_case
 
 AMOS15 = load_label_map("amos15")
 THRESHOLD = BodySettings(mode="threshold")
-SHAPE, SPACING = (48, 40, 24), (8.0, 8.0, 12.0)
+SHAPE, SPACING = PHANTOM_SHAPE, PHANTOM_SPACING
 
 
 def _synthetic(air: float, tissue: float, hole: float) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -86,15 +86,6 @@ def test_envelope_is_off_by_default_and_from_params_drops_the_modality():
     assert BodySettings.from_params(None) == BodySettings()
 
 
-@pytest.fixture(scope="module")
-def phantom_ct(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ct")
-    image, label = generate_case("amos_0002", "ct", SHAPE, SPACING, seed=3)
-    nib.save(image, folder / "image.nii.gz")
-    nib.save(label, folder / "label.nii.gz")
-    return folder
-
-
 def _shards(folder, out, modality="ct", body=BodySettings(), min_foreground=4):
     volume = load_case(folder / "image.nii.gz", folder / "label.nii.gz", AMOS15)
     shards = {v: out / v / "case.npz" for v in VIEWS}
@@ -104,9 +95,9 @@ def _shards(folder, out, modality="ct", body=BodySettings(), min_foreground=4):
     return {v: read_shard(p) for v, p in shards.items()}
 
 
-def test_phantom_shards_carry_the_body_outside_organs_and_select_by_organ_pixels(phantom_ct, tmp_path):
-    off = _shards(phantom_ct, tmp_path / "off", min_foreground=40)
-    on = _shards(phantom_ct, tmp_path / "on", body=THRESHOLD, min_foreground=40)
+def test_phantom_shards_carry_the_body_outside_organs_and_select_by_organ_pixels(phantom_ct_case, tmp_path):
+    off = _shards(phantom_ct_case, tmp_path / "off", min_foreground=40)
+    on = _shards(phantom_ct_case, tmp_path / "on", body=THRESHOLD, min_foreground=40)
     for view in VIEWS:
         np.testing.assert_array_equal(on[view].slice, off[view].slice)  # min_foreground counts organs only
         np.testing.assert_array_equal(on[view].image, off[view].image)

@@ -1,8 +1,8 @@
 """Oracle renders: same anatomy bit for bit, fresh acquisition; the diversity yardstick built on them."""
 
-import nibabel as nib
 import numpy as np
 import pytest
+from conftest import PHANTOM_SHAPE, PHANTOM_SPACING
 
 from segdiff.core.errors import InputError
 from segdiff.core.labels import load_label_map
@@ -12,7 +12,7 @@ from segdiff.sources.phantom import generate_case
 from segdiff.data.slicing import normalise, slice_volume
 from segdiff.sources.volumes import load_case
 
-SHAPE, SPACING = (48, 40, 24), (8.0, 8.0, 12.0)
+SHAPE, SPACING = PHANTOM_SHAPE, PHANTOM_SPACING
 PHANTOM = {"shape": list(SHAPE), "spacing": list(SPACING)}
 PRE = {"image_size": 24, "min_foreground": 4, "ct_window": (-175, 250), "mri_percentiles": (0.5, 99.5)}
 LABELS = load_label_map("amos15")
@@ -41,20 +41,11 @@ def test_render_must_be_a_non_negative_integer():
             generate_case("amos_0001", "ct", SHAPE, SPACING, seed=3, render=bad)
 
 
-@pytest.fixture(scope="module")
-def ct_case(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("case")
-    image, label = generate_case("amos_0002", "ct", SHAPE, SPACING, seed=3)
-    nib.save(image, folder / "image.nii.gz")
-    nib.save(label, folder / "label.nii.gz")
-    return folder
-
-
-def test_oracle_slices_are_the_shards_slices_with_k_fresh_images(ct_case, tmp_path):
-    volume = load_case(ct_case / "image.nii.gz", ct_case / "label.nii.gz", LABELS)
+def test_oracle_slices_are_the_shards_slices_with_k_fresh_images(phantom_ct_case, tmp_path):
+    volume = load_case(phantom_ct_case / "image.nii.gz", phantom_ct_case / "label.nii.gz", LABELS)
     normalised = normalise(volume.image, "ct", PRE["ct_window"], PRE["mri_percentiles"])
     real = slice_volume(volume, "ct", "axial", PRE["image_size"], PRE["min_foreground"], normalised=normalised)
-    renders = render_oracle("amos_0002", "ct", ct_case / "label.nii.gz", PHANTOM, 3, 3, LABELS, ["axial", "coronal"], **PRE)
+    renders = render_oracle("amos_0002", "ct", phantom_ct_case / "label.nii.gz", PHANTOM, 3, 3, LABELS, ["axial", "coronal"], **PRE)
     axial = renders["axial"]
     assert axial["image"].shape == (len(real.slice), 3, 24, 24)
     np.testing.assert_array_equal(axial["mask"], real.mask)
@@ -69,17 +60,17 @@ def test_oracle_slices_are_the_shards_slices_with_k_fresh_images(ct_case, tmp_pa
     write_oracle(renders, paths)
     np.testing.assert_array_equal(read_oracle(paths["axial"])["image"], axial["image"])
     # an MRI render of the CT anatomy: the ground truth of CT mask -> MRI image
-    mri = render_oracle("amos_0002", "mri", ct_case / "label.nii.gz", PHANTOM, 3, 2, LABELS, ["axial"], **PRE)["axial"]
+    mri = render_oracle("amos_0002", "mri", phantom_ct_case / "label.nii.gz", PHANTOM, 3, 2, LABELS, ["axial"], **PRE)["axial"]
     np.testing.assert_array_equal(mri["mask"], real.mask)
     assert np.abs(mri["image"][:, 0] - axial["image"][:, 0]).mean() > 0.05
 
 
-def test_oracle_job_writes_the_renders_of_each_view(ct_case, tmp_path):
+def test_oracle_job_writes_the_renders_of_each_view(phantom_ct_case, tmp_path):
     outputs = (str(tmp_path / "axial" / "amos_0002.npz"), str(tmp_path / "sagittal" / "amos_0002.npz"))
-    case_oracle(OracleJob(case="amos_0002", contrast="mri", label_path=ct_case / "label.nii.gz", phantom=PHANTOM, seed=3,
+    case_oracle(OracleJob(case="amos_0002", contrast="mri", label_path=phantom_ct_case / "label.nii.gz", phantom=PHANTOM, seed=3,
                           k=2, labels=LABELS, image_size=PRE["image_size"], min_foreground=PRE["min_foreground"],
                           ct_window=None, mri_percentiles=PRE["mri_percentiles"], outputs=outputs))
-    renders = render_oracle("amos_0002", "mri", ct_case / "label.nii.gz", PHANTOM, 3, 2, LABELS, ["axial", "sagittal"], **PRE)
+    renders = render_oracle("amos_0002", "mri", phantom_ct_case / "label.nii.gz", PHANTOM, 3, 2, LABELS, ["axial", "sagittal"], **PRE)
     for view, path in zip(("axial", "sagittal"), outputs):
         written = read_oracle(path)
         assert written.keys() == renders[view].keys()
@@ -113,8 +104,8 @@ def test_gather_oracle_follows_the_generations_order_and_checks_anatomy(tmp_path
     np.testing.assert_array_equal(gather_oracle(files, case, view, slices, dropped, ignore=[2]), out)
 
 
-def test_diversity_ratio_against_the_oracle(ct_case):
-    renders = render_oracle("amos_0002", "ct", ct_case / "label.nii.gz", PHANTOM, 3, 8, LABELS, ["axial"], **PRE)["axial"]
+def test_diversity_ratio_against_the_oracle(phantom_ct_case):
+    renders = render_oracle("amos_0002", "ct", phantom_ct_case / "label.nii.gz", PHANTOM, 3, 8, LABELS, ["axial"], **PRE)["axial"]
     images, mask = renders["image"], renders["mask"]
     # oracle vs oracle (renders 1-4 vs 5-8): a perfect generator scores about 1
     assert 0.8 < diversity_ratio(images[:, 4:], images[:, :4], mask) < 1.25
