@@ -6,7 +6,7 @@ __getattr__, __dir__, __all__ = lazy_api(
     __name__,
     {
         "figures": [
-            "label_colormap", "show_overlay", "slice_preview_figure", "loss_curve_figure",
+            "ORIGINAL", "label_colormap", "show_overlay", "slice_preview_figure", "loss_curve_figure",
             "loss_panels_figure", "generation_grid_figure", "generations_panel_figure",
             "oracle_vs_generated_figure", "dice_per_organ_figure", "metrics_by_run_figure",
         ],

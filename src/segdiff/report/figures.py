@@ -16,11 +16,14 @@ from matplotlib.colors import ListedColormap, hsv_to_rgb  # noqa: E402
 from segdiff.core.atomic import atomic_path  # noqa: E402
 from segdiff.core.labels import LabelMap  # noqa: E402
 
-__all__ = ["label_colormap", "show_overlay", "slice_preview_figure", "loss_curve_figure", "loss_panels_figure",
+__all__ = ["ORIGINAL", "label_colormap", "show_overlay", "slice_preview_figure", "loss_curve_figure", "loss_panels_figure",
            "generation_grid_figure", "generations_panel_figure", "oracle_vs_generated_figure", "dice_per_organ_figure",
            "metrics_by_run_figure"]
 
 _GOLDEN = 0.618033988749895
+
+#: the title of a grid's first column, the real slice each mask belongs to
+ORIGINAL = "Original"
 
 
 def _qualitative(n: int) -> np.ndarray:
@@ -213,7 +216,7 @@ def _aspect(image: np.ndarray) -> float:
 
 
 def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, generated: np.ndarray, labels: LabelMap,
-                           out: str | Path, title: str, rows: int = 6, original_title: str = "Original") -> list[str]:
+                           out: str | Path, title: str, rows: int = 6, original_title: str = ORIGINAL) -> list[str]:
     """Columns Original | Segmentation | Generation 1..k for up to ``rows`` slices spread over the set.
 
     Args:
@@ -253,7 +256,7 @@ def generation_grid_figure(original: np.ndarray | None, mask: np.ndarray, genera
 
 
 def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, out: str | Path,
-                             first_titles: Sequence[str] = ()) -> list[str]:
+                             first_titles: Sequence[str] | None = None) -> list[str]:
     """The poster's Generations panel: one row per experiment, columns Original | Segmentation |
     Generation 1..k with k the most generations of any experiment (rows with fewer leave the extra
     cells blank). Each row shows the slice with the most foreground.
@@ -263,8 +266,8 @@ def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, o
             (N, k, H, W) and optionally ``original`` (N, H, W).
         labels: the label map (the colours).
         out: the image file to write.
-        first_titles: per row, what its first cell shows (default ``Original``); a row whose first cell is
-            not an original (a multi-modal row's ``CT (source)``) has that title written in the cell.
+        first_titles: per row, what its first cell shows (None: :data:`ORIGINAL` for every row); a row whose
+            first cell is not an original (a multi-modal row's ``CT (source)``) has that title written in the cell.
 
     Returns:
         The titles written in first cells, by row (empty where the column's ``Original`` holds).
@@ -286,8 +289,7 @@ def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, o
             else:
                 _blank(axes[r][2 + j])
         axes[r][0].set_ylabel(name, fontsize=8)
-    in_cell = [t if t != "Original" else "" for t in list(first_titles)[:len(panels)]]
-    in_cell += [""] * (len(panels) - len(in_cell))
+    in_cell = ["" if t == ORIGINAL else t for t in (first_titles or [ORIGINAL] * len(panels))]
     for r, title in enumerate(in_cell):
         if title:
             axes[r][0].text(0.5, 0.97, title, transform=axes[r][0].transAxes, ha="center", va="top", fontsize=6,
@@ -295,7 +297,7 @@ def generations_panel_figure(panels: list[tuple[str, dict]], labels: LabelMap, o
     if not panels:
         for ax in axes[0]:
             _blank(ax)
-    _column_titles(fig, axes[0], ["Original", "Segmentation"] + [f"Generation {j + 1}" for j in range(k)])
+    _column_titles(fig, axes[0], [ORIGINAL, "Segmentation"] + [f"Generation {j + 1}" for j in range(k)])
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120)
     plt.close(fig)

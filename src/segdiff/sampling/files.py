@@ -34,7 +34,7 @@ import numpy as np
 from segdiff.core.atomic import atomic_path
 from segdiff.core.errors import InputError
 from segdiff.core.labels import LabelMap
-from segdiff.report.figures import generation_grid_figure
+from segdiff.report.figures import ORIGINAL, generation_grid_figure
 
 __all__ = ["MODES", "GatherJob", "write_generation", "read_generation", "first_column_title", "draw_grids",
            "subset_digest", "merge_chunks", "gather_run"]
@@ -98,8 +98,8 @@ def read_generation(path: str | Path) -> dict:
 
 
 def first_column_title(info: dict) -> str:
-    """What a generation file's ``original`` slices are: ``Original``, or for a multi-modal run the source
-    modality's slices the masks come from, ``CT (source)``.
+    """What a generation file's ``original`` slices are: :data:`~segdiff.report.figures.ORIGINAL`, or for a
+    multi-modal run the source modality's slices the masks come from, ``CT (source)``.
 
     Args:
         info: the file's ``info`` (parsed).
@@ -108,7 +108,7 @@ def first_column_title(info: dict) -> str:
         The title of the column that shows them.
     """
     if info["mode"] != "multimodal":
-        return "Original"
+        return ORIGINAL
     return f"{info.get('source', '').upper() or 'Source'} (source)"
 
 
