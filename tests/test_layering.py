@@ -119,3 +119,24 @@ def test_parsing_the_workflow_imports_no_torch():
     code = "\n".join([*imports, "import sys", "print(sorted({'torch', 'monai', 'matplotlib'} & set(sys.modules)))"])
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+#: the workflow scripts that run a model (or fetch its weights): the only ones that may import torch and MONAI
+MODEL_SCRIPTS = {"evaluate", "fetch_inception_weights", "oracle_trainset", "sample_chunk", "sample_trainset",
+                 "score_usefulness", "train_diffusion", "train_segmentor"}
+
+
+def test_scripts_that_run_no_model_import_neither_torch_nor_monai():
+    """Data, gather, figure and table jobs start in about a second: importing torch and MONAI costs ~6 s a job
+    on 2 cores, and the tiny study has 45 jobs. Each script's imports run in turn in one fresh process; the
+    first that loads torch or MONAI is named."""
+    scripts = sorted(p for p in (REPO / "workflow/scripts").glob("*.py") if p.stem not in MODEL_SCRIPTS)
+    assert {"gather_samples", "evaluation_figures", "slice_case", "table"} <= {p.stem for p in scripts}
+    lines = []
+    for script in scripts:
+        imports = [line for line in script.read_text().splitlines() if re.match(r"from segdiff[\w.]* import ", line)]
+        lines += [*imports, f"if {{'torch', 'monai'}} & set(sys.modules): print({script.stem!r}); sys.exit()"]
+    code = "\n".join(["import sys", *lines, "print('none')"])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "none", f"{proc.stdout.strip()} imports torch or MONAI"
+
